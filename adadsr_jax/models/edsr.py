@@ -1,0 +1,49 @@
+"""EDSR residual body: D blocks `x + res_scale * m_l * conv(relu(conv(x)))`, run as one scan."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adadsr_jax.models.layers import StackedConv, conv2d
+from adadsr_jax.models.masks import block_mask
+
+
+class EDSRBody(nnx.Module):
+    """The residual blocks of EDSR (without the body-end conv, which the network owns).
+
+    Params mirror the PyTorch release's `block{i}.layer0` / `block{i}.layer2`, stacked on a leading
+    block axis: layer0.kernel [D, 3, 3, C, C], layer0.bias [D, C], and the same for layer2.
+    """
+
+    def __init__(self, num_blocks: int, features: int, *, res_scale: float, rngs: nnx.Rngs):
+        self.num_blocks = num_blocks
+        self.res_scale = res_scale
+        self.layer0 = StackedConv((num_blocks,), features, features, rngs=rngs)
+        self.layer2 = StackedConv((num_blocks,), features, features, rngs=rngs)
+
+    @property
+    def max_depth(self) -> int:
+        return self.num_blocks
+
+    def __call__(self, x: jax.Array, depth_map: jax.Array | None = None) -> jax.Array:
+        """x: [N, h, w, C]; depth_map: [N, h, w, 1] or None (every mask is one) -> [N, h, w, C]."""
+        res_scale = self.res_scale
+
+        def block(x, params):
+            k0, b0, k1, b1, index = params
+            residual = conv2d(jax.nn.relu(conv2d(x, k0, b0)), k1, b1)
+            if depth_map is not None:
+                residual = residual * block_mask(depth_map, index).astype(x.dtype)
+            return x + res_scale * residual, None
+
+        params = (
+            self.layer0.kernel[...],
+            self.layer0.bias[...],
+            self.layer2.kernel[...],
+            self.layer2.bias[...],
+            jnp.arange(self.num_blocks, dtype=jnp.float32),
+        )
+        x, _ = jax.lax.scan(block, x, params)
+        return x

@@ -1,0 +1,136 @@
+"""Convolution helpers shared by the backbones and the adapter.
+
+All feature maps are NHWC. Kernels are HWIO (PyTorch's OIHW transposed), so a PyTorch
+checkpoint converts with one transpose per tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# DIV2K RGB mean on the 0..255 scale; subtracted at the head, added back at the tail (never trained).
+DIV2K_RGB_MEAN = (0.4488 * 255.0, 0.4371 * 255.0, 0.4040 * 255.0)
+
+
+def torch_uniform_init(fan_in: int) -> nnx.initializers.Initializer:
+    """PyTorch's default conv init for weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Matching it keeps trained-from-scratch behaviour close to the PyTorch releases.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """Stride-1 SAME convolution (PyTorch padding k//2 for odd k).
+
+    x: [N, H, W, Cin]; kernel: [k, k, Cin, Cout]; bias: [Cout] -> [N, H, W, Cout].
+    """
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y
+
+
+class Conv(nnx.Module):
+    """A square stride-1 SAME convolution with bias and PyTorch-style initialisation.
+
+    Params: kernel [k, k, in_features, out_features], bias [out_features].
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 3, rngs: nnx.Rngs):
+        init = torch_uniform_init(in_features * kernel_size * kernel_size)
+        self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
+        self.bias = nnx.Param(init(rngs.params(), (out_features,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, in_features] -> [N, H, W, out_features]."""
+        return conv2d(x, self.kernel[...], self.bias[...])
+
+
+class StackedConv(nnx.Module):
+    """`stack_shape` independent 3x3 convolutions whose parameters are stacked on leading axes.
+
+    Stacking lets a residual stack run as one `lax.scan` (one compiled block, not D copies).
+    Params: kernel [*stack_shape, 3, 3, in_features, out_features], bias [*stack_shape, out_features].
+    """
+
+    def __init__(
+        self,
+        stack_shape: tuple[int, ...],
+        in_features: int,
+        out_features: int,
+        *,
+        kernel_size: int = 3,
+        rngs: nnx.Rngs,
+    ):
+        init = torch_uniform_init(in_features * kernel_size * kernel_size)
+        k_shape = (*stack_shape, kernel_size, kernel_size, in_features, out_features)
+        self.kernel = nnx.Param(init(rngs.params(), k_shape))
+        self.bias = nnx.Param(init(rngs.params(), (*stack_shape, out_features)))
+
+
+class StackedDense(nnx.Module):
+    """Stacked 1x1 convolutions (the channel-attention MLP of RCAN).
+
+    Params: kernel [*stack_shape, in_features, out_features], bias [*stack_shape, out_features].
+    """
+
+    def __init__(self, stack_shape: tuple[int, ...], in_features: int, out_features: int, *, rngs: nnx.Rngs):
+        init = torch_uniform_init(in_features)
+        self.kernel = nnx.Param(init(rngs.params(), (*stack_shape, in_features, out_features)))
+        self.bias = nnx.Param(init(rngs.params(), (*stack_shape, out_features)))
+
+
+def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
+    """PyTorch's PixelShuffle in NHWC.
+
+    Input channel `c * r * r + i * r + j` becomes output channel `c` at sub-pixel `(i, j)`, so weights of
+    a PyTorch upsampler port unchanged. x: [N, H, W, C * r * r] -> [N, H * r, W * r, C].
+    """
+    n, h, w, crr = x.shape
+    r = factor
+    if crr % (r * r):
+        raise ValueError(f"pixel_shuffle: {crr} channels are not divisible by {r}*{r}")
+    c = crr // (r * r)
+    x = x.reshape(n, h, w, c, r, r)
+    x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, i, w, j, c
+    return x.reshape(n, h * r, w * r, c)
+
+
+def upsampler_stages(scale: int) -> tuple[int, ...]:
+    """Pixel-shuffle factors of the EDSR upsampler: x2 -> (2,), x3 -> (3,), x4 -> (2, 2)."""
+    stages = {2: (2,), 3: (3,), 4: (2, 2)}
+    if scale not in stages:
+        raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+    return stages[scale]
+
+
+class Upsampler(nnx.Module):
+    """log2(s) x [conv C -> 4C, PixelShuffle(2)] for s in {2, 4}; [conv C -> 9C, PixelShuffle(3)] for 3.
+
+    [N, h, w, C] -> [N, s*h, s*w, C]. No activation, as in EDSR and RCAN.
+    """
+
+    def __init__(self, features: int, scale: int, *, rngs: nnx.Rngs):
+        self.factors = upsampler_stages(scale)
+        self.convs = nnx.List([Conv(features, features * r * r, rngs=rngs) for r in self.factors])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for conv, r in zip(self.convs, self.factors, strict=True):
+            x = pixel_shuffle(conv(x), r)
+        return x

@@ -1,0 +1,90 @@
+"""The full super-resolution network: head, (adaptive) residual body, upsampler, tail."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adadsr_jax.models.adapter import Adapter
+from adadsr_jax.models.config import ModelConfig, get_model_config
+from adadsr_jax.models.edsr import EDSRBody
+from adadsr_jax.models.layers import DIV2K_RGB_MEAN, Conv, Upsampler
+from adadsr_jax.models.masks import mean_executed_depth
+from adadsr_jax.models.rcan import RCANBody
+
+
+class AdaDSR(nnx.Module):
+    """EDSR or RCAN with an optional AdaDSR adapter (AdaEDSR, AdaRCAN; plain EDSR/RCAN without one).
+
+    Layout (names mirror the PyTorch release): MeanShift (a constant) -> head conv 3->C -> body
+    (residual blocks, masked by the adapter's depth maps) -> body_lastconv -> long skip -> upsampler ->
+    tail conv C->3 -> MeanShift back.
+    """
+
+    def __init__(self, config: ModelConfig, *, scale: int, rngs: nnx.Rngs):
+        self.config = config
+        self.scale = scale
+        c = config.num_features
+        self.head = Conv(3, c, rngs=rngs)
+        if config.backbone == "edsr":
+            self.body = EDSRBody(config.num_blocks, c, res_scale=config.res_scale, rngs=rngs)
+        else:
+            self.body = RCANBody(
+                config.num_groups,
+                config.num_blocks,
+                c,
+                reduction=config.reduction,
+                res_scale=config.res_scale,
+                rngs=rngs,
+            )
+        self.body_lastconv = Conv(c, c, rngs=rngs)
+        self.up = Upsampler(c, scale, rngs=rngs)
+        self.tail = Conv(c, 3, rngs=rngs)
+        self.adapter = (
+            Adapter(c, config.adapter_features, config.num_maps, depth_input=config.depth_input, rngs=rngs)
+            if config.adaptive
+            else None
+        )
+
+    def depth_map(self, z0: jax.Array, desired_depth: jax.Array | float | None) -> jax.Array | None:
+        """Adapter output [N, h, w, G] for head features z0 [N, h, w, C]; None for a plain backbone."""
+        if self.adapter is None:
+            return None
+        if desired_depth is None:
+            raise ValueError("an adaptive model needs desired_depth (a scalar or one value per image)")
+        d = jnp.broadcast_to(jnp.asarray(desired_depth, jnp.float32), (z0.shape[0],))
+        return self.adapter(z0, d)
+
+    def __call__(
+        self, lr: jax.Array, *, desired_depth: jax.Array | float | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Super-resolve a batch.
+
+        lr: [N, h, w, 3] float, 0..255. desired_depth: scalar or [N] (ignored by plain backbones).
+        Returns sr [N, s*h, s*w, 3] float (0..255, unclipped) and aux with
+          "depth_map": [N, h, w, G] float32 (plain backbones: D everywhere),
+          "mean_depth": [N], mean of ceil(clip(depth_map, 0, D)) as the release reports it.
+        """
+        if lr.ndim != 4 or lr.shape[-1] != 3:
+            raise ValueError(f"lr must be [N, h, w, 3], got shape {lr.shape}")
+        mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
+        z0 = self.head(lr - mean)
+        depth_map = self.depth_map(z0, desired_depth)
+        z = z0 + self.body_lastconv(self.body(z0, depth_map))
+        sr = self.tail(self.up(z)) + mean
+
+        if depth_map is None:
+            n, h, w, _ = lr.shape
+            depth_map = jnp.full((n, h, w, self.config.num_maps), float(self.config.max_depth), jnp.float32)
+        aux = {"depth_map": depth_map, "mean_depth": mean_executed_depth(depth_map, self.config.max_depth)}
+        return sr, aux
+
+
+def create_model(name: str, *, scale: int, rngs: nnx.Rngs, **overrides) -> AdaDSR:
+    """Build a preset by name ("edsr", "rcan", "adaedsr", "adarcan", and *_small / *_tiny variants).
+
+    `overrides` replace ModelConfig fields, e.g. create_model("adaedsr", scale=2, rngs=nnx.Rngs(0),
+    num_blocks=16).
+    """
+    return AdaDSR(get_model_config(name, **overrides), scale=scale, rngs=rngs)

@@ -1,0 +1,9 @@
+"""Test setup: fake four CPU devices before JAX starts, and shared small fixtures."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_platforms", "cpu")
