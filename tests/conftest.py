@@ -1,9 +1,6 @@
 """Test setup: fake four CPU devices before JAX starts, and shared small fixtures."""
 
-import os
-
-os.environ.setdefault("XLA_FLAGS", "")
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_platforms", "cpu")

@@ -36,7 +36,9 @@ class ModelConfig:
         if self.backbone == "edsr" and self.num_groups != 1:
             raise ValueError("EDSR has a single stack of blocks: num_groups must be 1")
         if self.backbone == "rcan" and self.num_features % self.reduction:
-            raise ValueError(f"num_features {self.num_features} is not divisible by reduction {self.reduction}")
+            raise ValueError(
+                f"num_features {self.num_features} is not divisible by reduction {self.reduction}"
+            )
 
     @property
     def adaptive(self) -> bool:
