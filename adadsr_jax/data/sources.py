@@ -16,6 +16,7 @@ Every problem is an error that names the file (or item) and the problem; nothing
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import os
 import threading
@@ -344,20 +345,15 @@ DEMO_VALID_PHOTOS = ("skimage:chelsea.png",)
 
 
 def _photo_path(spec: str) -> Path:
+    """File of a shipped photo, located without importing the (slow to import) package."""
     package, filename = spec.split(":")
-    if package == "skimage":
-        import skimage.data
-
-        folder = Path(skimage.data.__file__).parent
-    elif package == "sklearn":
-        import sklearn.datasets
-
-        folder = Path(sklearn.datasets.__file__).parent / "images"
-    else:  # pragma: no cover - constant table above
-        raise ValueError(f"unknown photo package in {spec!r}")
-    path = folder / filename
+    subdir = {"skimage": ("data",), "sklearn": ("datasets", "images")}[package]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"demo photo {spec!r}: package {package!r} is not installed")
+    path = Path(next(iter(found.submodule_search_locations)), *subdir, filename)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: demo photo {spec!r} is not installed (is {package} installed?)")
+        raise FileNotFoundError(f"{path}: demo photo {spec!r} is missing from the installed {package}")
     return path
 
 
