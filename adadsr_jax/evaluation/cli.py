@@ -1,0 +1,171 @@
+"""Command line of evaluate.py: benchmark a trained model over test sets, depths and MACs budgets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from adadsr_jax.evaluation.datasets import find_dataset
+from adadsr_jax.evaluation.inference import Predictor, parse_budget
+from adadsr_jax.evaluation.reports import write_all
+from adadsr_jax.evaluation.runner import RunResult, default_depths, evaluate_set
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate an AdaDSR/EDSR/RCAN model with the SR benchmark protocol (PSNR/SSIM on Y, "
+        "shave = scale) over a sweep of desired depths, writing results.json/.csv/.md and plots.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="training workdir (config.json + checkpoints)")
+    src.add_argument("--checkpoint", help="a directory written by save_inference_checkpoint")
+    src.add_argument(
+        "--model",
+        help="preset name with RANDOM weights (smoke tests and timing only; numbers are meaningless)",
+    )
+    p.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint to load")
+    p.add_argument("--data-root", help="folder holding the test sets (not needed for 'demo')")
+    p.add_argument(
+        "--datasets",
+        default="Set5",
+        help="comma list of Set5,Set14,B100,Urban100,Manga109,DIV2K,demo or folder names",
+    )
+    p.add_argument("--scale", type=int, help="SR factor; must match the model's (default: the model's)")
+    p.add_argument(
+        "--depths", help="comma list of desired depths (default D/4,D/2,3D/4,D, e.g. 8,16,24,32 for AdaEDSR)"
+    )
+    p.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        help="MACs budget per image, searched per image: a fraction of dense (0.5 or 50%%) or GMACs (12.5G); "
+        "repeatable",
+    )
+    p.add_argument("--sparse", action="store_true", help="sparse execution (needs the sparse path)")
+    p.add_argument("--tile", type=int, help="tiled inference: LR tile size in pixels (default: whole image)")
+    p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of context around each tile")
+    p.add_argument("--self-ensemble", action="store_true", help="x8 self-ensemble (flips and transpose)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per image after warm-up (0: none)")
+    p.add_argument("--no-bicubic", action="store_true", help="skip the bicubic baseline row")
+    p.add_argument("--save-images", action="store_true", help="write SR PNGs to <output>/sr/...")
+    p.add_argument(
+        "--save-depth-maps", action="store_true", help="write colour-mapped depth maps to <output>/depth/..."
+    )
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _load(args) -> tuple[object, dict, str]:
+    """(model, model description for results.json, label for tables)."""
+    if args.model:
+        from flax import nnx
+
+        from adadsr_jax.models import create_model
+
+        warnings.warn(f"--model {args.model}: random weights, results are meaningless", stacklevel=2)
+        model = create_model(args.model, scale=args.scale or 2, rngs=nnx.Rngs(0))
+        info = {
+            "name": args.model,
+            "scale": model.scale,
+            "overrides": {},
+            "path": None,
+            "which": "random-init",
+        }
+        return model, info, f"{args.model} (random)"
+    from adadsr_jax.training.checkpoints import load_model
+
+    path = args.workdir or args.checkpoint
+    model, config = load_model(path, which=args.which)
+    mcfg = dict(config.get("model", {}))
+    name = str(mcfg.get("name", "model"))
+    info = {
+        "name": name,
+        "scale": int(model.scale),
+        "overrides": mcfg.get("overrides", {}),
+        "path": str(Path(path).absolute()),
+        "which": args.which,
+    }
+    return model, info, name
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"error: bad {what} {text!r}: expected a comma list of numbers") from None
+    if not values or any(v < 0 for v in values):
+        raise SystemExit(f"error: bad {what} {text!r}: expected non-negative numbers")
+    return values
+
+
+def run(args) -> list[RunResult]:
+    """Evaluate as `args` says, write the outputs and print one summary line per set and setting."""
+    for b in args.budget:
+        parse_budget(b)  # fail before loading anything
+    model, info, label = _load(args)
+    if args.scale is not None and args.scale != model.scale:
+        raise SystemExit(f"error: the model is x{model.scale} but --scale {args.scale} was given")
+    scale = int(model.scale)
+    cfg = model.config
+    info.update({"adaptive": bool(cfg.adaptive), "max_depth": int(cfg.max_depth)})
+    if cfg.adaptive:
+        depths = _floats(args.depths, "--depths") if args.depths else default_depths(cfg.max_depth, True)
+    else:
+        if args.depths:
+            print(f"note: {label} has no adapter; --depths ignored (it always runs all blocks)")
+        depths = [None]
+    # Resolve every set before the (slow) model runs so a typo fails fast with the searched paths.
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    benches = [find_dataset(n, args.data_root, scale=scale) for n in names]
+    predictor = Predictor(
+        model, sparse=args.sparse, tile=args.tile, overlap=args.tile_overlap, self_ensemble=args.self_ensemble
+    )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[RunResult] = []
+    for bench in benches:
+        sub = Path(bench.name) / f"x{scale}"
+        set_runs = evaluate_set(
+            predictor,
+            bench,
+            dataset=bench.name,
+            model_label=label,
+            depths=depths,
+            budgets=args.budget,
+            bicubic=not args.no_bicubic,
+            repeats=args.repeats,
+            sr_dir=out / "sr" / sub if args.save_images else None,
+            depth_dir=out / "depth" / sub if args.save_depth_maps else None,
+            progress=not args.no_progress,
+        )
+        for r in set_runs:
+            print(r.summary_line(), flush=True)
+        runs += set_runs
+    settings = {
+        "mode": predictor.mode,
+        "sparse_requested": bool(args.sparse),
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap if args.tile else None,
+        "self_ensemble": bool(args.self_ensemble),
+        "repeats": args.repeats,
+        "depths": depths,
+        "budgets": list(args.budget),
+    }
+    files = write_all(out, runs, model=info, settings=settings, datasets=[b.describe() for b in benches])
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

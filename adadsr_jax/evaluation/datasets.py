@@ -1,0 +1,282 @@
+"""Find benchmark sets (Set5, Set14, B100, Urban100, Manga109, DIV2K valid, ...) under a data root.
+
+Layouts recognised (SPEC 9), tried in this order for a set named NAME at scale s:
+  1. EDSR:    <root>[/benchmark]/NAME/HR/baby.png  +  .../NAME/LR_bicubic/X{s}/babyx{s}.png
+              DIV2K: <root>[/DIV2K]/DIV2K_valid_HR/0801.png  +  .../DIV2K_valid_LR_bicubic/X{s}/0801x{s}.png
+  2. RCAN:    <root>/HR/NAME/x{s}/baby_HR_x{s}.png  +  <root>/LR/LRBI/NAME/x{s}/baby_LRBI_x{s}.png
+  3. BasicSR: <root>/NAME/GTmod12/baby.png  +  <root>/NAME/LRbicx{s}/baby.png
+  4. HR only: any of the HR folders above without its LR folder for this scale, or images directly in
+              <root>/NAME/: the HR image is mod-cropped to a multiple of s (top-left kept) and the LR made
+              with MATLAB-style bicubic (adadsr_jax.data.bicubic); such sets are labelled "generated".
+Set names match folder names case-insensitively, with aliases (B100 = BSD100 = BSDS100, DIV2K = DIV2K
+valid 0801-0900). "demo" is the built-in demo set (a held-out photograph shipped with scikit-image /
+scikit-learn, LR generated). A set that is not found raises DatasetNotFoundError listing every path tried.
+
+With LR files present, an HR image larger than s x LR (benchmark HRs that are not mod-cropped) is cropped
+to s x LR from the top-left, as EDSR's loader does; any other size mismatch is an error naming both files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from adadsr_jax.data.images import IMAGE_EXTENSIONS, load_image
+
+# Canonical names and the folder names each may have in the wild.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "Set5": ("Set5",),
+    "Set14": ("Set14",),
+    "B100": ("B100", "BSD100", "BSDS100"),
+    "Urban100": ("Urban100",),
+    "Manga109": ("Manga109",),
+    "DIV2K": ("DIV2K",),
+}
+DEMO = "demo"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A benchmark set was not found; the message lists every path searched."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageItem:
+    """One test image: its name (file stem without layout suffixes) and files (lr None = generate)."""
+
+    name: str
+    hr_path: Path | None
+    lr_path: Path | None
+
+
+@dataclasses.dataclass
+class LoadedPair:
+    """A test pair: lr uint8 [h, w, 3] and hr uint8 [s*h, s*w, 3]."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray
+
+
+@dataclasses.dataclass
+class BenchmarkSet(Sequence):
+    """A discovered test set at one scale; indexing loads (and, for HR-only sets, degrades) an image.
+
+    layout: "edsr", "div2k", "rcan", "basicsr", "hr_only" or "demo"; lr_source: "files" (LR read from
+    disk) or "generated" (MATLAB-style bicubic from the mod-cropped HR).
+    """
+
+    name: str
+    scale: int
+    layout: str
+    lr_source: str
+    root: str | None
+    items: list[ImageItem]
+    _demo: Sequence | None = None
+
+    def __len__(self) -> int:
+        return len(self._demo) if self._demo is not None else len(self.items)
+
+    def __getitem__(self, index: int) -> LoadedPair:  # type: ignore[override]
+        if self._demo is not None:
+            pair = self._demo[index]
+            return LoadedPair(str(pair.name), np.asarray(pair.lr), np.asarray(pair.hr))
+        item = self.items[index]
+        hr = load_image(item.hr_path)
+        if item.lr_path is None:
+            return LoadedPair(item.name, *generate_lr(hr, self.scale))
+        lr = load_image(item.lr_path)
+        return LoadedPair(item.name, lr, match_hr(hr, lr, self.scale, item))
+
+    def __iter__(self) -> Iterator[LoadedPair]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def describe(self) -> dict:
+        """JSON-ready summary: name, scale, layout, lr_source, root, num_images."""
+        return {
+            "name": self.name,
+            "scale": self.scale,
+            "layout": self.layout,
+            "lr_source": self.lr_source,
+            "root": self.root,
+            "num_images": len(self),
+        }
+
+
+def mod_crop(hr: np.ndarray, scale: int) -> np.ndarray:
+    """Crop [H, W, C] to the largest multiple of `scale` on each axis, keeping the top-left."""
+    h, w = hr.shape[:2]
+    return hr[: h - h % scale, : w - w % scale]
+
+
+def generate_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lr, mod-cropped hr) with lr = MATLAB imresize(hr, 1/scale, 'bicubic') as uint8."""
+    from adadsr_jax.data.bicubic import downscale
+
+    hr = mod_crop(hr, scale)
+    if hr.shape[0] == 0 or hr.shape[1] == 0:
+        raise ValueError(f"HR image {hr.shape} is smaller than the scale {scale}")
+    return downscale(hr, scale), hr
+
+
+def match_hr(hr: np.ndarray, lr: np.ndarray, scale: int, item: ImageItem) -> np.ndarray:
+    """HR cropped to scale x LR; raises ValueError naming both files when that is impossible."""
+    h, w = lr.shape[0] * scale, lr.shape[1] * scale
+    if hr.shape[0] < h or hr.shape[1] < w or hr.shape[0] - h >= scale or hr.shape[1] - w >= scale:
+        raise ValueError(
+            f"HR {item.hr_path} is {hr.shape[1]}x{hr.shape[0]} but LR {item.lr_path} is "
+            f"{lr.shape[1]}x{lr.shape[0]} at scale x{scale} (expected HR {w}x{h}, or at most {scale - 1} "
+            "pixels more per side before mod-cropping)"
+        )
+    return hr[:h, :w]
+
+
+def canonical_name(name: str) -> str:
+    """The canonical set name for a user-given one (case-insensitive aliases); unknown names unchanged."""
+    low = name.lower()
+    if low == DEMO:
+        return DEMO
+    for canon, names in ALIASES.items():
+        if low in (n.lower() for n in names) or low == canon.lower():
+            return canon
+    return name
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _child(parent: Path, names: Sequence[str]) -> Path | None:
+    """The first existing sub-folder of `parent` whose name matches one of `names` (case-insensitive)."""
+    if not parent.is_dir():
+        return None
+    wanted = [n.lower() for n in names]
+    found = {p.name.lower(): p for p in parent.iterdir() if p.is_dir()}
+    for n in wanted:
+        if n in found:
+            return found[n]
+    return None
+
+
+def _find_lr(folder: Path, stem: str) -> Path | None:
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _paired(hr_dir: Path, lr_dir: Path, lr_stem, strip) -> list[ImageItem]:
+    """Pair every HR image with its LR file; a missing LR file is an error naming it."""
+    items = []
+    for hr in _images(hr_dir):
+        stem = hr.stem
+        lr = _find_lr(lr_dir, lr_stem(stem))
+        if lr is None:
+            raise FileNotFoundError(
+                f"LR image for {hr} not found: expected {lr_dir / (lr_stem(stem) + '.png')} (or .jpg, ...)"
+            )
+        items.append(ImageItem(strip(stem), hr, lr))
+    return items
+
+
+def _hr_only(hr_dir: Path, strip=lambda s: s) -> list[ImageItem]:
+    return [ImageItem(strip(p.stem), p, None) for p in _images(hr_dir)]
+
+
+def _strip_suffix(stem: str, suffix: str) -> str:
+    return stem[: -len(suffix)] if stem.endswith(suffix) else stem
+
+
+def find_dataset(name: str, data_root: str | os.PathLike | None, *, scale: int) -> BenchmarkSet:
+    """Discover set `name` at `scale` under `data_root` (see the module docstring for the layouts).
+
+    Raises DatasetNotFoundError (a FileNotFoundError) listing the paths searched, FileNotFoundError for
+    an LR file missing from an otherwise complete set, ValueError for an empty set.
+    """
+    canon = canonical_name(name)
+    if canon == DEMO:
+        from adadsr_jax.data.sources import demo_source
+
+        return BenchmarkSet(
+            DEMO, scale, "demo", "generated", None, [], _demo=demo_source(scale=scale, split="valid")
+        )
+    if data_root is None:
+        raise DatasetNotFoundError(f"dataset {name!r}: no --data-root given (only 'demo' needs none)")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"dataset {name!r}: data root {root} does not exist or is not a folder")
+    names = ALIASES.get(canon, (name,))
+    s = scale
+    searched: list[str] = []
+
+    def result(layout: str, items: list[ImageItem], folder: Path) -> BenchmarkSet:
+        if not items:
+            raise ValueError(f"dataset {name!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        source = "generated" if items[0].lr_path is None else "files"
+        return BenchmarkSet(canon, s, layout, source, str(root), items)
+
+    hr_only_candidates: list[tuple[str, Path, object]] = []
+
+    # 1. EDSR layout (also under <root>/benchmark), and DIV2K's flat folders.
+    for base in (root, root / "benchmark"):
+        set_dir = _child(base, names)
+        hr_dir = _child(set_dir, ["HR"]) if set_dir else None
+        searched.append(f"{base}/{names[0]}/HR + LR_bicubic/X{s}")
+        if hr_dir:
+            lr_dir = _child(set_dir, ["LR_bicubic"])
+            lr_dir = _child(lr_dir, [f"X{s}"]) if lr_dir else None
+            if lr_dir:
+                return result("edsr", _paired(hr_dir, lr_dir, lambda t: f"{t}x{s}", lambda t: t), hr_dir)
+            hr_only_candidates.append(("hr_only", hr_dir, lambda t: t))
+    if canon == "DIV2K":
+        for base in (root, root / "DIV2K"):
+            hr_dir = _child(base, ["DIV2K_valid_HR"])
+            searched.append(f"{base}/DIV2K_valid_HR + DIV2K_valid_LR_bicubic/X{s}")
+            if hr_dir:
+                lr_dir = _child(base, ["DIV2K_valid_LR_bicubic"])
+                lr_dir = _child(lr_dir, [f"X{s}"]) if lr_dir else None
+                if lr_dir:
+                    return result("div2k", _paired(hr_dir, lr_dir, lambda t: f"{t}x{s}", lambda t: t), hr_dir)
+                hr_only_candidates.append(("hr_only", hr_dir, lambda t: t))
+
+    # 2. RCAN / AdaDSR layout.
+    hr_set = _child(root / "HR", names)
+    hr_dir = _child(hr_set, [f"x{s}"]) if hr_set else None
+    searched.append(f"{root}/HR/{names[0]}/x{s} + LR/LRBI/{names[0]}/x{s}")
+    if hr_dir:
+        lr_set = _child(root / "LR" / "LRBI", names)
+        lr_dir = _child(lr_set, [f"x{s}"]) if lr_set else None
+        strip = lambda t: _strip_suffix(t, f"_HR_x{s}")
+        if lr_dir:
+            items = _paired(hr_dir, lr_dir, lambda t: f"{strip(t)}_LRBI_x{s}", strip)
+            return result("rcan", items, hr_dir)
+        hr_only_candidates.append(("hr_only", hr_dir, strip))
+
+    # 3. BasicSR layout.
+    set_dir = _child(root, names)
+    gt_dir = _child(set_dir, ["GTmod12", "GT", "HR"]) if set_dir else None
+    searched.append(f"{root}/{names[0]}/GTmod12 + LRbicx{s}")
+    if gt_dir and gt_dir.name.lower() != "hr":
+        lr_dir = _child(set_dir, [f"LRbicx{s}"])
+        if lr_dir:
+            return result("basicsr", _paired(gt_dir, lr_dir, lambda t: t, lambda t: t), gt_dir)
+        hr_only_candidates.append(("hr_only", gt_dir, lambda t: t))
+
+    # 4. HR only: the first HR folder found above, else images directly in <root>/NAME.
+    if hr_only_candidates:
+        layout, folder, strip = hr_only_candidates[0]
+        return result(layout, _hr_only(folder, strip), folder)
+    searched.append(f"{root}/{names[0]}/*.png (HR only)")
+    if set_dir and _images(set_dir):
+        return result("hr_only", _hr_only(set_dir), set_dir)
+
+    raise DatasetNotFoundError(
+        f"dataset {name!r} (scale x{s}) not found under {root}; searched:\n  "
+        + "\n  ".join(searched)
+        + f"\nfolder names accepted for it: {', '.join(names)} (case-insensitive); or use 'demo'"
+    )

@@ -1,0 +1,355 @@
+"""Run a model on whole images: one jitted forward per input shape, the desired depth a traced argument.
+
+`Predictor` wraps an AdaDSR model for evaluation and for upscaling a user's images:
+  * the desired depth is a runtime (traced) scalar, so a depth sweep or a budget search reuses the
+    compiled function of an input shape instead of recompiling per depth;
+  * dense or sparse execution (`sparse=True` needs the model's sparse path; without it the predictor
+    falls back to dense and says so in `mode`);
+  * optional tiled inference for large images: the LR image is cut into tiles of `tile` x `tile`
+    pixels, each run with `overlap` pixels of real context on every side that is not an image border,
+    and only the tile's own pixels are kept. All windows have one shape (one compile). When the overlap
+    covers the model's receptive field the result equals whole-image inference. RCAN's channel attention
+    pools over the whole input, so for RCAN models tiling is an approximation (as in the release's chop);
+  * optional x8 self-ensemble (flips and transpose of the LR input, outputs mapped back and averaged);
+  * latency: a warm-up run (compilation) is excluded, then the median of `repeats` timed runs.
+MACs: when the model's aux carries "macs"/"dense_macs" (the MAC counter), they are summed over every
+forward that ran (tiles with their overlap, ensemble members); otherwise they are None (never guessed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adadsr_jax.models.network import AdaDSR
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Outputs for one LR image.
+
+    sr: [s*h, s*w, 3] float32 0..255 (unclipped, unquantised); depth_map: [h, w, G] float32;
+    mean_depth: mean over pixels and maps of ceil(clip(depth_map, 0, D)) (the release's statistic);
+    macs / dense_macs: executed and dense multiply-accumulates over all forwards run, or None when the
+    model does not count them; latency_ms: median forward time (None unless timed).
+    """
+
+    sr: np.ndarray
+    depth_map: np.ndarray
+    mean_depth: float
+    macs: float | None
+    dense_macs: float | None
+    latency_ms: float | None = None
+    desired_depth: float | None = None
+
+
+def supports_sparse(model: AdaDSR) -> bool:
+    """Whether the model's __call__ accepts `sparse=` (the sparse-inference path is installed)."""
+    return "sparse" in inspect.signature(model.__call__).parameters
+
+
+def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Split one axis of `length` pixels into cores of `tile` pixels and equal-size context windows.
+
+    Returns (core_start, core_end, window_start, window_end) per tile. Every window has size
+    min(length, tile + 2 * overlap); every core pixel has >= `overlap` pixels of context on both sides
+    inside its window, or lies within `overlap` of the true image border.
+    """
+    if tile <= 0 or overlap < 0:
+        raise ValueError(f"tile must be > 0 and overlap >= 0, got tile={tile}, overlap={overlap}")
+    size = min(length, tile + 2 * overlap)
+    out = []
+    for start in range(0, length, tile):
+        end = min(start + tile, length)
+        w0 = max(0, min(start - overlap, length - size))
+        out.append((start, end, w0, w0 + size))
+    return out
+
+
+# The eight dihedral transforms of an image [h, w, C] (x8 self-ensemble) and their inverses.
+def _transform(x: np.ndarray, k: int) -> np.ndarray:
+    if k & 1:
+        x = x[:, ::-1]
+    if k & 2:
+        x = x[::-1, :]
+    if k & 4:
+        x = np.swapaxes(x, 0, 1)
+    return np.ascontiguousarray(x)
+
+
+def _inverse_transform(x: np.ndarray, k: int) -> np.ndarray:
+    if k & 4:
+        x = np.swapaxes(x, 0, 1)
+    if k & 2:
+        x = x[::-1, :]
+    if k & 1:
+        x = x[:, ::-1]
+    return np.ascontiguousarray(x)
+
+
+class Predictor:
+    """Evaluation-time wrapper around an AdaDSR model (batch of one image at a time)."""
+
+    def __init__(
+        self,
+        model: AdaDSR,
+        *,
+        sparse: bool = False,
+        tile: int | None = None,
+        overlap: int = 16,
+        self_ensemble: bool = False,
+    ):
+        self.model = model
+        self.scale = int(model.scale)
+        self.config = model.config
+        self.adaptive = bool(model.config.adaptive)
+        self.max_depth = int(model.config.max_depth)
+        self.tile = tile
+        self.overlap = int(overlap)
+        self.self_ensemble = self_ensemble
+        if tile is not None and tile <= 0:
+            raise ValueError(f"tile must be a positive number of LR pixels, got {tile}")
+        if overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {overlap}")
+        self.sparse = bool(sparse and supports_sparse(model))
+        if sparse and not self.sparse:
+            warnings.warn(
+                "sparse execution requested but this model has no sparse path; running dense",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.mode = "sparse" if self.sparse else "dense"
+        graphdef, state = nnx.split(model)
+        self._state = state
+        extra = {"sparse": True} if self.sparse else {}
+
+        def forward(state, lr, desired_depth):
+            m = nnx.merge(graphdef, state)
+            sr, aux = m(lr, desired_depth=desired_depth, **extra)
+            out = {"sr": sr, "depth_map": aux["depth_map"]}
+            for key in ("macs", "dense_macs"):
+                if key in aux:
+                    out[key] = jnp.asarray(aux[key], jnp.float32)
+            return out
+
+        # One compile per input shape: the desired depth is a traced float32 scalar.
+        self._forward = jax.jit(forward)
+
+    # ------------------------------------------------------------------ core runs
+    def compiled_count(self) -> int:
+        """Number of compiled variants of the forward (one per distinct input shape)."""
+        return self._forward._cache_size()
+
+    def _depth_arg(self, desired_depth: float | None) -> jax.Array:
+        d = self.max_depth if desired_depth is None else desired_depth
+        return jnp.asarray(d, jnp.float32)
+
+    def _run_windows(self, lr: np.ndarray, d: jax.Array) -> list[tuple[tuple, dict]]:
+        """Dispatch every forward for one (transformed) LR image; returns (placement, device outputs)."""
+        h, w, _ = lr.shape
+        if self.tile is None or (h <= self.tile and w <= self.tile):
+            return [(None, self._forward(self._state, jnp.asarray(lr[None], jnp.float32), d))]
+        runs = []
+        for ys in tile_windows(h, self.tile, self.overlap):
+            for xs in tile_windows(w, self.tile, self.overlap):
+                window = lr[ys[2] : ys[3], xs[2] : xs[3]]
+                runs.append(((ys, xs), self._forward(self._state, jnp.asarray(window[None], jnp.float32), d)))
+        return runs
+
+    def _dispatch_all(self, lr: np.ndarray, d: jax.Array) -> list[list[tuple[tuple, dict]]]:
+        ks = range(8) if self.self_ensemble else [0]
+        return [self._run_windows(_transform(lr, k), d) for k in ks]
+
+    def _stitch(self, shape: tuple[int, int], runs: list[tuple[tuple, dict]]):
+        """Assemble SR [s*h, s*w, 3] and depth map [h, w, G] from window outputs (numpy)."""
+        s = self.scale
+        h, w = shape
+        if runs[0][0] is None:
+            out = runs[0][1]
+            return np.asarray(out["sr"][0]), np.asarray(out["depth_map"][0])
+        sr = np.zeros((s * h, s * w, 3), np.float32)
+        dmap = None
+        for (ys, xs), out in runs:
+            (c0, c1, w0, _), (e0, e1, v0, _) = ys, xs
+            tile_sr = np.asarray(out["sr"][0])
+            tile_d = np.asarray(out["depth_map"][0])
+            if dmap is None:
+                dmap = np.zeros((h, w, tile_d.shape[-1]), np.float32)
+            sr[s * c0 : s * c1, s * e0 : s * e1] = tile_sr[
+                s * (c0 - w0) : s * (c1 - w0), s * (e0 - v0) : s * (e1 - v0)
+            ]
+            dmap[c0:c1, e0:e1] = tile_d[c0 - w0 : c1 - w0, e0 - v0 : e1 - v0]
+        return sr, dmap
+
+    @staticmethod
+    def _sum_macs(all_runs: list[list[tuple[tuple, dict]]], key: str) -> float | None:
+        outs = [out for runs in all_runs for _, out in runs]
+        if not all(key in out for out in outs):
+            return None
+        return float(sum(float(np.asarray(out[key]).sum()) for out in outs))
+
+    def _collect(self, lr: np.ndarray, all_runs: list[list[tuple[tuple, dict]]]) -> Prediction:
+        ks = range(8) if self.self_ensemble else [0]
+        srs, dmaps = [], []
+        for k, runs in zip(ks, all_runs, strict=True):
+            t = _transform(lr[..., :1], k)
+            sr, dmap = self._stitch(t.shape[:2], runs)
+            srs.append(_inverse_transform(sr, k))
+            dmaps.append(_inverse_transform(dmap, k))
+        sr = np.mean(srs, axis=0, dtype=np.float64).astype(np.float32) if len(srs) > 1 else srs[0]
+        dmap = np.mean(dmaps, axis=0) if len(dmaps) > 1 else dmaps[0]
+        # Mean executed depth of the release: ceil(clip(d, 0, D)) averaged over pixels and maps. With an
+        # ensemble this is the mean over the members' maps (each member executes its own map).
+        executed = [np.ceil(np.clip(m, 0.0, self.max_depth)).mean() for m in dmaps]
+        return Prediction(
+            sr=sr,
+            depth_map=dmap.astype(np.float32),
+            mean_depth=float(np.mean(executed)),
+            macs=self._sum_macs(all_runs, "macs"),
+            dense_macs=self._sum_macs(all_runs, "dense_macs"),
+        )
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, lr: np.ndarray, desired_depth: float | None = None, *, repeats: int = 0) -> Prediction:
+        """Super-resolve one LR image [h, w, 3] (uint8 or float, 0..255).
+
+        desired_depth: the AdaDSR desired depth d (ignored by plain backbones; None means D).
+        repeats: when > 0, time that many extra runs after this first (warm-up) one and report their
+        median as latency_ms. The first run includes compilation for a new input shape.
+        """
+        lr = np.asarray(lr)
+        if lr.ndim != 3 or lr.shape[-1] != 3:
+            raise ValueError(f"lr must be an [h, w, 3] image, got shape {lr.shape}")
+        lr = lr.astype(np.float32)
+        d = self._depth_arg(desired_depth)
+        all_runs = self._dispatch_all(lr, d)
+        pred = self._collect(lr, all_runs)
+        pred.desired_depth = None if not self.adaptive else float(d)
+        if repeats > 0:
+            pred.latency_ms = self.time_forward(lr, d, repeats)
+        return pred
+
+    def time_forward(self, lr: np.ndarray, d: jax.Array, repeats: int) -> float:
+        """Median wall time (ms) of the device forwards for one image (already compiled), over repeats."""
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            all_runs = self._dispatch_all(lr, d)
+            jax.block_until_ready([out for runs in all_runs for _, out in runs])
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(statistics.median(times))
+
+    def macs_at(self, lr: np.ndarray, desired_depth: float) -> tuple[float | None, float | None]:
+        """(executed, dense) MACs of predicting `lr` at `desired_depth`, without assembling outputs."""
+        all_runs = self._dispatch_all(np.asarray(lr, np.float32), self._depth_arg(desired_depth))
+        return self._sum_macs(all_runs, "macs"), self._sum_macs(all_runs, "dense_macs")
+
+
+# ---------------------------------------------------------------------- MACs budget
+@dataclasses.dataclass
+class BudgetResult:
+    """Outcome of a per-image budget search: the chosen desired depth and its executed/dense MACs.
+
+    met is False when even d = 0 exceeds the target (the fixed head/tail/adapter cost): then d = 0.
+    """
+
+    desired_depth: float
+    macs: float
+    dense_macs: float
+    target_macs: float
+    met: bool
+    evaluations: int
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """Parse a budget: "0.5" or "50%" (fraction of dense MACs) or "12.5G" (GMACs per image).
+
+    Returns ("fraction", f) with 0 < f <= 1 or ("gmacs", g) with g > 0.
+    """
+    t = str(text).strip().lower().replace("gmacs", "g")
+    try:
+        if t.endswith("%"):
+            kind, value = "fraction", float(t[:-1]) / 100.0
+        elif t.endswith("g"):
+            kind, value = "gmacs", float(t[:-1])
+        else:
+            kind, value = "fraction", float(t)
+    except ValueError:
+        raise ValueError(
+            f"bad budget {text!r}: use a fraction of dense MACs (0.5 or 50%) or GMACs per image (12.5G)"
+        ) from None
+    if not value > 0 or (kind == "fraction" and value > 1):
+        raise ValueError(f"bad budget {text!r}: a fraction must be in (0, 1], GMACs must be > 0")
+    return kind, value
+
+
+def search_depth(
+    cost: Callable[[float], float], target: float, *, lo: float, hi: float, iterations: int = 14
+) -> tuple[float, float, bool, int]:
+    """Largest d in [lo, hi] with cost(d) <= target, for a non-decreasing cost (bisection).
+
+    Returns (d, cost(d), met, evaluations); met is False (and d = lo) when cost(lo) > target.
+    """
+    evaluations = 1
+    c_hi = cost(hi)
+    if c_hi <= target:
+        return hi, c_hi, True, evaluations
+    c_lo = cost(lo)
+    evaluations += 1
+    if c_lo > target:
+        return lo, c_lo, False, evaluations
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        c_mid = cost(mid)
+        evaluations += 1
+        if c_mid <= target:
+            lo, c_lo = mid, c_mid
+        else:
+            hi = mid
+    return lo, c_lo, True, evaluations
+
+
+def budget_depth(predictor: Predictor, lr: np.ndarray, budget: tuple[str, float]) -> BudgetResult:
+    """Per-image desired depth meeting a MACs budget (see parse_budget) by a monotone search over d.
+
+    The executed MACs grow with d (deeper maps run more blocks at more pixels), so bisection finds the
+    largest d whose MACs are within the target. Needs the model's MAC counter (aux "macs").
+    """
+    if not predictor.adaptive:
+        raise ValueError(
+            "a MACs budget needs an adaptive model (AdaEDSR/AdaRCAN): a plain backbone has one cost"
+        )
+    macs_max, dense = predictor.macs_at(lr, predictor.max_depth)
+    if macs_max is None or dense is None:
+        raise ValueError(
+            "a MACs budget needs MAC counts, but this model's outputs carry no aux['macs'] "
+            "(the sparse-inference MAC counter is not installed)"
+        )
+    kind, value = budget
+    target = value * dense if kind == "fraction" else value * 2.0**30
+    cache: dict[float, float] = {predictor.max_depth: macs_max}
+
+    def cost(d: float) -> float:
+        if d not in cache:
+            cache[d] = float(predictor.macs_at(lr, d)[0])
+        return cache[d]
+
+    d, macs, met, n = search_depth(cost, target, lo=0.0, hi=float(predictor.max_depth))
+    return BudgetResult(
+        desired_depth=d, macs=macs, dense_macs=dense, target_macs=target, met=met, evaluations=n
+    )
+
+
+def gmacs(macs: float | None) -> float | None:
+    """MACs -> GMACs in units of 2^30, as the release's counter reports them; None stays None."""
+    return None if macs is None or math.isnan(macs) else macs / 2.0**30

@@ -1,0 +1,298 @@
+"""Evaluate a model on a test set over a depth sweep (and MACs budgets): per-image and mean records.
+
+The loop loads each image once and runs every requested desired depth on it, so one compiled forward
+per image shape serves the whole sweep. Metrics follow adadsr_jax.metrics (the SR benchmark protocol).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from adadsr_jax import metrics
+from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
+
+IMAGE_FIELDS = (
+    "name",
+    "hr_height",
+    "hr_width",
+    "desired_depth",
+    "psnr_y",
+    "ssim_y",
+    "psnr_rgb",
+    "mean_depth",
+    "macs",
+    "dense_macs",
+    "latency_ms",
+    "budget_target_macs",
+    "budget_met",
+)
+MEAN_FIELDS = ("psnr_y", "ssim_y", "psnr_rgb", "mean_depth", "gmacs", "dense_gmacs", "latency_ms")
+
+
+@dataclasses.dataclass
+class ImageRecord:
+    """Metrics of one image at one setting. MACs are raw multiply-accumulates (None: not counted)."""
+
+    name: str
+    hr_height: int
+    hr_width: int
+    desired_depth: float | None
+    psnr_y: float
+    ssim_y: float
+    psnr_rgb: float
+    mean_depth: float | None = None
+    macs: float | None = None
+    dense_macs: float | None = None
+    latency_ms: float | None = None
+    budget_target_macs: float | None = None
+    budget_met: bool | None = None
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One row of the tables: a method setting (model at a depth or budget, or bicubic) on one set."""
+
+    dataset: str
+    scale: int
+    method: str  # "model" or "bicubic"
+    label: str  # e.g. "adaedsr (d=16)", "adaedsr (budget 50%)", "Bicubic"
+    desired_depth: float | None
+    budget: str | None
+    images: list[ImageRecord] = dataclasses.field(default_factory=list)
+
+    def mean(self) -> dict[str, float | None]:
+        """Per-set means (over images) of MEAN_FIELDS; a field is None when any image lacks it."""
+
+        def avg(values: list[float | None]) -> float | None:
+            if not values or any(v is None for v in values):
+                return None
+            return metrics.mean_over_images([float(v) for v in values])
+
+        imgs = self.images
+        return {
+            "psnr_y": avg([r.psnr_y for r in imgs]),
+            "ssim_y": avg([r.ssim_y for r in imgs]),
+            "psnr_rgb": avg([r.psnr_rgb for r in imgs]),
+            "mean_depth": avg([r.mean_depth for r in imgs]),
+            "gmacs": avg([gmacs(r.macs) for r in imgs]),
+            "dense_gmacs": avg([gmacs(r.dense_macs) for r in imgs]),
+            "latency_ms": avg([r.latency_ms for r in imgs]),
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "scale": self.scale,
+            "method": self.method,
+            "label": self.label,
+            "desired_depth": self.desired_depth,
+            "budget": self.budget,
+            "mean": self.mean(),
+            "images": [dataclasses.asdict(r) for r in self.images],
+        }
+
+    def summary_line(self) -> str:
+        """One line for stdout: set, scale, setting, PSNR/SSIM, mean depth, GMACs, latency."""
+        m = self.mean()
+
+        def fmt(v, spec, unit=""):
+            return "n/a" if v is None else f"{v:{spec}}{unit}"
+
+        return (
+            f"{self.dataset} x{self.scale} {self.label}: PSNR-Y {fmt(m['psnr_y'], '.3f')} dB, "
+            f"SSIM-Y {fmt(m['ssim_y'], '.4f')}, mean depth {fmt(m['mean_depth'], '.2f')}, "
+            f"GMACs {fmt(m['gmacs'], '.2f')} / dense {fmt(m['dense_gmacs'], '.2f')}, "
+            f"latency {fmt(m['latency_ms'], '.1f', ' ms')} ({len(self.images)} images)"
+        )
+
+    def metric_pairs(self, prefix: str = "val", *, with_setting: bool = False) -> Iterator[tuple[str, float]]:
+        """(name, value) pairs such as ("val/Set5/psnr_y", 32.1) for loggers; None values are skipped.
+
+        with_setting inserts the setting, e.g. "val/Set5/d16/psnr_y", for sweeps.
+        """
+        key = f"{prefix}/{self.dataset}"
+        if with_setting:
+            key += "/" + setting_slug(self)
+        for field, value in self.mean().items():
+            if value is not None:
+                yield f"{key}/{field}", float(value)
+
+
+def setting_slug(run: RunResult) -> str:
+    """A file-name-safe tag of a setting: "d16", "d2.5", "budget-50pct", "bicubic", "full"."""
+    if run.method == "bicubic":
+        return "bicubic"
+    if run.budget is not None:
+        return "budget-" + run.budget.replace("%", "pct").replace(".", "p")
+    if run.desired_depth is None:
+        return "full"
+    return f"d{run.desired_depth:g}"
+
+
+def image_record(
+    name: str, sr: np.ndarray, hr: np.ndarray, scale: int, desired_depth: float | None, **extra
+) -> ImageRecord:
+    """Metrics of one SR [H, W, 3] (float or uint8) against HR uint8 [H, W, 3] per the protocol."""
+    return ImageRecord(
+        name=name,
+        hr_height=int(hr.shape[0]),
+        hr_width=int(hr.shape[1]),
+        desired_depth=desired_depth,
+        psnr_y=metrics.psnr(sr, hr, scale=scale),
+        ssim_y=metrics.ssim(sr, hr, scale=scale),
+        psnr_rgb=metrics.psnr(sr, hr, scale=scale, y_channel=False),
+        **extra,
+    )
+
+
+def colorize_depth(depth_map: np.ndarray, max_depth: int, *, upscale: int = 1) -> np.ndarray:
+    """Colour-mapped depth map (the paper's Fig. 1b/4): [h, w, G] -> uint8 [h*u, w*u, 3].
+
+    Maps are averaged over G (one per RCAN group); colours span 0..max_depth (matplotlib "turbo"), so
+    images at different desired depths share one scale.
+    """
+    from matplotlib import colormaps
+
+    d = np.asarray(depth_map, np.float64).mean(axis=-1)
+    rgb = colormaps["turbo"](np.clip(d / max(max_depth, 1), 0.0, 1.0))[..., :3]
+    img = np.rint(rgb * 255.0).astype(np.uint8)
+    if upscale > 1:
+        img = img.repeat(upscale, axis=0).repeat(upscale, axis=1)
+    return img
+
+
+def evaluate_set(
+    predictor: Predictor,
+    bench: Sequence,
+    *,
+    dataset: str,
+    model_label: str,
+    depths: Sequence[float | None],
+    budgets: Sequence[str] = (),
+    bicubic: bool = True,
+    repeats: int = 3,
+    sr_dir: str | Path | None = None,
+    depth_dir: str | Path | None = None,
+    progress: bool = True,
+) -> list[RunResult]:
+    """Evaluate `predictor` on the pairs of `bench` (objects with name, lr, hr) at every depth/budget.
+
+    depths: desired depths (None = D, the only setting of a plain backbone); budgets: parse_budget
+    strings, each searched per image. bicubic adds the MATLAB-bicubic baseline row. repeats: timed runs
+    after the warm-up (0 = no timing). sr_dir / depth_dir: when given, SR PNGs and colour-mapped depth maps
+    are written to <dir>/<setting>/<image>.png. Returns one RunResult per setting, in order
+    [bicubic?] + depths + budgets.
+    """
+    from tqdm import tqdm
+
+    from adadsr_jax.data.images import save_png
+
+    scale = predictor.scale
+    runs: list[RunResult] = []
+    bicubic_run = None
+    if bicubic:
+        bicubic_run = RunResult(dataset, scale, "bicubic", "Bicubic", None, None)
+        runs.append(bicubic_run)
+    depth_runs = []
+    for d in depths:
+        label = model_label if d is None else f"{model_label} (d={d:g})"
+        depth_runs.append(RunResult(dataset, scale, "model", label, d, None))
+    parsed = [(b, parse_budget(b)) for b in budgets]
+    budget_runs = [
+        RunResult(dataset, scale, "model", f"{model_label} (budget {b})", None, b) for b, _ in parsed
+    ]
+    runs += depth_runs + budget_runs
+
+    def save(run: RunResult, name: str, sr: np.ndarray, dmap: np.ndarray | None) -> None:
+        if sr_dir is not None:
+            save_png(Path(sr_dir) / setting_slug(run) / f"{name}.png", metrics.quantize(sr))
+        if depth_dir is not None and dmap is not None:
+            save_png(
+                Path(depth_dir) / setting_slug(run) / f"{name}_depth.png",
+                colorize_depth(dmap, predictor.max_depth, upscale=scale),
+            )
+
+    for pair in tqdm(bench, desc=f"{dataset} x{scale}", unit="img", disable=not progress, leave=False):
+        name, lr, hr = str(pair.name), np.asarray(pair.lr), np.asarray(pair.hr)
+        if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
+            raise ValueError(f"{dataset}/{name}: HR {hr.shape} is not x{scale} of LR {lr.shape}")
+        if bicubic_run is not None:
+            from adadsr_jax.data.bicubic import upscale as bicubic_upscale
+
+            sr = bicubic_upscale(lr, scale)
+            bicubic_run.images.append(image_record(name, sr, hr, scale, None))
+            save(bicubic_run, name, sr, None)
+        for run in depth_runs:
+            pred = predictor.predict(lr, run.desired_depth, repeats=repeats)
+            run.images.append(_model_record(name, pred, hr, scale))
+            save(run, name, pred.sr, pred.depth_map)
+        for run, (_, budget) in zip(budget_runs, parsed, strict=True):
+            found = budget_depth(predictor, lr, budget)
+            pred = predictor.predict(lr, found.desired_depth, repeats=repeats)
+            rec = _model_record(name, pred, hr, scale)
+            rec.budget_target_macs, rec.budget_met = found.target_macs, found.met
+            run.images.append(rec)
+            save(run, name, pred.sr, pred.depth_map)
+    return runs
+
+
+def _model_record(name: str, pred, hr: np.ndarray, scale: int) -> ImageRecord:
+    return image_record(
+        name,
+        pred.sr,
+        hr,
+        scale,
+        pred.desired_depth,
+        mean_depth=pred.mean_depth,
+        macs=pred.macs,
+        dense_macs=pred.dense_macs,
+        latency_ms=pred.latency_ms,
+    )
+
+
+def evaluate_pairs(
+    predictor: Predictor,
+    pairs: Iterable,
+    *,
+    dataset: str,
+    desired_depth: float | None = None,
+    prefix: str = "val",
+) -> Iterator[tuple[str, float]]:
+    """Validation helper: yields ("val/<dataset>/psnr_y", v), ... for pairs (name, lr, hr) at one depth.
+
+    No timing, no bicubic row, no files; for the training loop's validation step.
+    """
+    run = evaluate_set(
+        predictor,
+        list(pairs),
+        dataset=dataset,
+        model_label="model",
+        depths=[desired_depth],
+        bicubic=False,
+        repeats=0,
+        progress=False,
+    )[0]
+    yield from run.metric_pairs(prefix)
+
+
+def default_depths(max_depth: int, adaptive: bool) -> list[float | None]:
+    """The paper's sweep scaled to D: D/4, D/2, 3D/4, D (8, 16, 24, 32 for D = 32; 5..20 for D = 20)."""
+    if not adaptive:
+        return [None]
+    return [max_depth * f for f in (0.25, 0.5, 0.75, 1.0)]
+
+
+def finite_or_none(value: float | None) -> float | str | None:
+    """JSON has no inf/nan: +inf PSNR (identical images) is written as the string "inf"."""
+    if value is None:
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if math.isnan(value):
+        return None
+    return value
