@@ -58,6 +58,10 @@ def sample_patch(
     i = int(rng.integers(len(source)))
     pair: ImagePair = source[i]
     h, w = pair.lr.shape[:2]
+    if h < patch_size or w < patch_size:  # sources without lr_size are only checked here
+        raise ValueError(
+            f"{pair.name}: LR image {w}x{h} (WxH) is smaller than the {patch_size}x{patch_size} patch"
+        )
     y = int(rng.integers(h - patch_size + 1))
     x = int(rng.integers(w - patch_size + 1))
     flips = rng.random(3) < 0.5  # drawn even without augmentation so the crop stream does not change
