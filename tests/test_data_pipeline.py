@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -153,20 +152,20 @@ def test_source_errors_reach_the_consumer() -> None:
     it.close()
 
 
-def _prefetch_threads() -> int:
-    return sum(t.name.startswith("grain-prefetch") for t in threading.enumerate())
+def _prefetch_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("grain-prefetch")}
 
 
 def test_close_stops_prefetch_threads(source) -> None:
-    before = _prefetch_threads()
+    before = _prefetch_threads()  # other tests' iterators may still be winding down
     it = TrainBatches(source, batch_size=4, patch_size=8, scale=2, seed=0, prefetch=3)
     _take(it, 3)
-    assert _prefetch_threads() > before
+    ours = _prefetch_threads() - before
+    assert ours
     it.close()
-    deadline = time.monotonic() + 5
-    while _prefetch_threads() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _prefetch_threads() == before
+    for t in ours:
+        t.join(timeout=5)
+        assert not t.is_alive()
     assert next(it)["lr"].shape == (4, 8, 8, 3)  # iterating after close restarts prefetching
     it.close()
 
