@@ -1,0 +1,123 @@
+"""One entry point for the sparse 3x3 convolution: Pallas on GPU, the JAX path on CPU, dense when dense.
+
+`sparse_conv3x3(..., backend="auto")` picks the Pallas Triton kernel on a GPU backend (when the channel
+counts suit Triton), the pure-JAX tiled path otherwise, and, at run time inside the compiled program,
+the plain dense convolution when the active fraction is above `dense_threshold` (a `lax.cond`, so the
+choice never recompiles). `backend="pallas" | "jax" | "dense"` forces one implementation.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, to_padded_flat
+from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, Epilogue, apply_epilogue, sparse_conv3x3_jax
+from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
+
+Backend = Literal["auto", "pallas", "jax", "dense"]
+
+# Active fraction above which the dense convolution is faster than the sparse path, measured with
+# benchmarks/sparse_conv.py (see benchmarks/RESULTS.md). CPU: XLA's dense conv runs its GEMM about 1.5x
+# more efficiently than the gathered im2col matmul, so the sparse path loses above about half active.
+# GPU: a placeholder until the GPU table is measured (the kernel's gather overhead is smaller there).
+DENSE_THRESHOLD = {"cpu": 0.5, "gpu": 0.6}
+
+
+def default_backend() -> str:
+    """ "pallas" on a GPU backend, "jax" elsewhere."""
+    return "pallas" if jax.default_backend() == "gpu" else "jax"
+
+
+def dense_conv3x3_padded(
+    src: jax.Array,
+    dst: jax.Array,
+    rows: jax.Array,
+    count: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    layout: PaddedLayout,
+    *,
+    epilogue: Epilogue,
+    coef: jax.Array | None = None,
+) -> jax.Array:
+    """The sparse contract computed with XLA's dense convolution (all pixels), then kept at the list only.
+
+    Same arguments and result as `sparse_conv3x3_jax`.
+    """
+    x = from_padded_flat(src, layout)
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32,
+    ) + bias.astype(jnp.float32)
+    yf = to_padded_flat(y)
+    valid = jnp.arange(rows.shape[0]) < count
+    member = jnp.zeros((layout.rows,), bool).at[rows].max(valid)
+    dst_f = dst.astype(jnp.float32) if epilogue == "residual" else None
+    out = apply_epilogue(yf, epilogue, dst_f, None if coef is None else coef.astype(jnp.float32))
+    return jnp.where(member[:, None], out.astype(dst.dtype), dst)
+
+
+def sparse_conv3x3(
+    src: jax.Array,
+    dst: jax.Array,
+    rows: jax.Array,
+    count: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    layout: PaddedLayout,
+    *,
+    epilogue: Epilogue,
+    coef: jax.Array | None = None,
+    backend: Backend = "auto",
+    dense_threshold: float | None = None,
+    tile: int = DEFAULT_TILE,
+) -> jax.Array:
+    """3x3 SAME conv of src at rows[:count], written into dst with a fused epilogue.
+
+    src [P, Cin], dst [P, Cout]: padded flat maps (layout.rows rows); rows int32 [K] padded flat rows of
+    the active pixels (a prefix of length count is used); kernel [3, 3, Cin, Cout]; bias [Cout];
+    coef float [P] (res_scale * soft mask for "residual", the soft mask for "masked").
+    Epilogues: "relu" (a block's first conv), "residual" (dst + coef * conv, the second conv; pixels
+    not in the list keep dst, the block's identity), "masked" (coef * conv), "none".
+    backend: "auto" (Pallas on GPU, JAX elsewhere, dense above `dense_threshold` active fraction, which
+    defaults to the measured DENSE_THRESHOLD), or force "pallas", "jax" or "dense".
+    """
+    kwargs = dict(epilogue=epilogue, coef=coef)
+    args = (src, dst, rows, count, kernel, bias, layout)
+    if backend == "dense":
+        return dense_conv3x3_padded(*args, **kwargs)
+    if backend == "pallas":
+        return sparse_conv3x3_pallas(*args, **kwargs)
+    if backend == "jax":
+        return sparse_conv3x3_jax(*args, **kwargs, tile=tile)
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'pallas', 'jax' or 'dense', got {backend!r}")
+
+    platform = default_backend()
+    cin, cout = kernel.shape[2], kernel.shape[3]
+    if platform == "pallas" and pallas_supported(cin, cout):
+        sparse_impl, key = sparse_conv3x3_pallas, "gpu"
+    else:
+        sparse_impl, key = functools.partial(sparse_conv3x3_jax, tile=tile), "cpu"
+    threshold = DENSE_THRESHOLD[key] if dense_threshold is None else dense_threshold
+    if threshold >= 1.0:
+        return sparse_impl(*args, **kwargs)
+
+    # Arrays only cross the cond; the layout and epilogue are static and closed over.
+    def run(impl):
+        def branch(ops):
+            s, d, r, c, k, b, cf = ops
+            return impl(s, d, r, c, k, b, layout, epilogue=epilogue, coef=cf)
+
+        return branch
+
+    use_dense = count > int(threshold * layout.pixels)
+    ops = (src, dst, rows, count, kernel, bias, coef)
+    return jax.lax.cond(use_dense, run(dense_conv3x3_padded), run(sparse_impl), ops)

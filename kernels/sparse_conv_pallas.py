@@ -1,0 +1,144 @@
+"""Pallas sparse 3x3 convolution for NVIDIA GPUs on the Triton backend (SPEC 7).
+
+Grid: (tiles of the active list, tiles of Cout). Program (i, j) loads `block_rows` padded flat rows of
+the active list, gathers their 9 taps from the padded flat input through the ref (`src_ref[rows, :]`,
+the in-kernel row gather only the Triton backend lowers), accumulates 9 [rows, Cin] x [Cin, block_cout]
+matmuls in float32, applies the epilogue and scatters the result into the output, which aliases `dst`
+(so pixels not in the list keep dst's values). Padding entries of the list gather from a safe interior
+row and store into the layout's trash row (its last); a program whose first entry is padding
+returns at once, so the work follows the active count even though the grid is static.
+
+Constraints from Triton: power-of-two tiles (block_rows, block_cout, Cin), dot operands >= 16 on each
+side; `lax.rem`/`lax.div` on traced ints, never Python `%`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from adadsr_jax.kernels.layout import PaddedLayout
+from adadsr_jax.kernels.sparse_conv_jax import Epilogue
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def pallas_supported(cin: int, cout: int) -> bool:
+    """Whether the Triton kernel handles these channel counts (power of two, >= 16)."""
+    return _is_pow2(cin) and cin >= 16 and cout >= 16 and (_is_pow2(cout) or cout % 64 == 0)
+
+
+def _kernel(
+    gather_ref,
+    store_ref,
+    coef_ref,
+    src_ref,
+    w_ref,
+    b_ref,
+    dst_ref,
+    out_ref,
+    *,
+    epilogue: Epilogue,
+    offsets: tuple[int, ...],
+    trash_row: int,
+    block_cout: int,
+):
+    del dst_ref  # aliased to out_ref: read and written through out_ref, in place
+    j = pl.program_id(1)
+    cols = pl.ds(j * block_cout, block_cout)
+
+    # Lists are prefixes: if the first entry is padding, the whole tile is. (A scalar ref load, since
+    # Triton lowers no slices of values.)
+    @pl.when(store_ref[0] != trash_row)
+    def _():
+        store_rows = store_ref[...]
+        rows = gather_ref[...]
+        acc = jnp.zeros((rows.shape[0], block_cout), jnp.float32)
+        for t, off in enumerate(offsets):
+            taps = src_ref[rows + off, :]
+            acc += jnp.dot(taps, w_ref[t, :, cols], preferred_element_type=jnp.float32)
+        y = acc + b_ref[cols].astype(jnp.float32)[None, :]
+        if epilogue == "relu":
+            y = jnp.maximum(y, 0.0)
+        elif epilogue == "residual":
+            y = out_ref[store_rows, cols].astype(jnp.float32) + coef_ref[...][:, None] * y
+        elif epilogue == "masked":
+            y = coef_ref[...][:, None] * y
+        out_ref[store_rows, cols] = y.astype(out_ref.dtype)
+
+
+def sparse_conv3x3_pallas(
+    src: jax.Array,
+    dst: jax.Array,
+    rows: jax.Array,
+    count: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    layout: PaddedLayout,
+    *,
+    epilogue: Epilogue,
+    coef: jax.Array | None = None,
+    block_rows: int = 64,
+    block_cout: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    interpret: bool = False,
+) -> jax.Array:
+    """Same contract as `sparse_conv3x3_jax` (see there), run as a Pallas Triton kernel.
+
+    src [P, Cin], dst [P, Cout] padded flat; rows int32 [K]; count int32 []; kernel [3, 3, Cin, Cout];
+    bias [Cout]; coef float [P] or None. float32 or bfloat16 maps; accumulation in float32.
+    `interpret=True` runs the kernel body with the Pallas interpreter (any backend, for tests).
+    """
+    cin, cout = kernel.shape[2], kernel.shape[3]
+    if not pallas_supported(cin, cout):
+        raise ValueError(f"the Triton kernel needs power-of-two channels >= 16, got Cin={cin}, Cout={cout}")
+    if not _is_pow2(block_rows) or block_rows < 16:
+        raise ValueError(f"block_rows must be a power of two >= 16, got {block_rows}")
+    if block_cout is None:
+        block_cout = min(cout, 128) if _is_pow2(cout) else 64
+    if not _is_pow2(block_cout) or cout % block_cout:
+        raise ValueError(f"block_cout {block_cout} must be a power of two dividing Cout={cout}")
+    if epilogue in ("residual", "masked") and coef is None:
+        raise ValueError(f"the {epilogue!r} epilogue needs coef")
+
+    trash = layout.trash_row
+    k = rows.shape[0]
+    kp = -(-k // block_rows) * block_rows
+    valid = jnp.arange(kp, dtype=jnp.int32) < count
+    rows = jnp.pad(rows.astype(jnp.int32), (0, kp - k), constant_values=layout.safe_row)
+    gather_rows = jnp.where(valid, rows, layout.safe_row)
+    store_rows = jnp.where(valid, rows, trash)
+    if coef is None:
+        coef_rows = jnp.zeros((kp,), jnp.float32)
+    else:
+        coef_rows = jnp.where(valid, coef[gather_rows].astype(jnp.float32), 0.0)
+    w = kernel.reshape(9, cin, cout).astype(src.dtype)
+
+    grid = (kp // block_rows, cout // block_cout)
+    list_spec = pl.BlockSpec((block_rows,), lambda i, j: (i,))
+    whole = pl.no_block_spec
+    body = functools.partial(
+        _kernel,
+        epilogue=epilogue,
+        offsets=tuple(int(o) for o in layout.tap_offsets()),
+        trash_row=trash,
+        block_cout=block_cout,
+    )
+    out = pl.pallas_call(
+        body,
+        out_shape=jax.ShapeDtypeStruct(dst.shape, dst.dtype),
+        grid=grid,
+        in_specs=[list_spec, list_spec, list_spec, whole, whole, whole, whole],
+        out_specs=whole,
+        input_output_aliases={6: 0},
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name=f"sparse_conv3x3_{epilogue}",
+    )(gather_rows, store_rows, coef_rows, src, w, bias, dst)
+    return out
