@@ -314,7 +314,11 @@ def tfds_source(
         rec = record(i)
         return decode_image(rec["lr"], f"{names[i]} lr"), decode_image(rec["hr"], f"{names[i]} hr")
 
+    sizes_seen: dict[int, tuple[int, int]] = {}
+
     def lr_size(i: int) -> tuple[int, int]:
+        if i in sizes_seen:  # reading a record is the costly part: do it once per item
+            return sizes_seen[i]
         rec = record(i)
         sizes = []
         for key in ("lr", "hr"):
@@ -323,7 +327,8 @@ def tfds_source(
                     sizes.append(im.size[::-1])
             except Exception as err:
                 raise ImageError(f"{names[i]} {key}: cannot read image header ({err})") from err
-        check_pair(np.empty(sizes[0] + (0,)), np.empty(sizes[1] + (0,)), scale, names[i])
+        check_pair(np.empty((*sizes[0], 0)), np.empty((*sizes[1], 0)), scale, names[i])
+        sizes_seen[i] = sizes[0]
         return sizes[0]
 
     return PairSource(names, load, scale=scale, lr_size=lr_size, cache=cache)
