@@ -1,0 +1,241 @@
+"""Super-resolve your own images with a trained model.
+
+    python -m adadsr_jax.upscale photo.jpg more_photos/ --workdir runs/adaedsr_x2 --out sr/ \
+        [--depth 16 | --budget 50%] [--save-depth-map] [--tile 256 --tile-overlap 16]
+
+Policy (also in docs/evaluation.md):
+  * any size, odd sizes included; images larger than --tile LR pixels on a side (default 256) are run in
+    tiles with --tile-overlap pixels of context (0 disables tiling);
+  * colour: RGB in -> RGB out; grayscale in -> the grey value replicated to RGB for the network, and the
+    output saved grayscale (the rounded mean of the three SR channels); an alpha channel (RGBA, LA) is
+    upscaled separately with MATLAB-style bicubic and re-attached; palette images come out RGB;
+  * 16-bit input is refused (naming the file) unless --convert-16bit is given, which converts 16-bit
+    grayscale PNG/TIFF and 16-bit RGB(A) TIFF to 8 bits as round(x / 257); 16-bit colour PNG stays
+    refused (Pillow cannot decode it faithfully): convert it with another tool first;
+  * outputs are PNGs named <stem>_x<scale>.png (and <stem>_x<scale>_depth.png) in --out; an output path
+    that is one of the inputs is refused before anything runs, so inputs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from adadsr_jax.data.images import IMAGE_EXTENSIONS, ImageError, load_image, save_png
+
+_GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+@dataclasses.dataclass
+class InputImage:
+    """A decoded input: rgb uint8 [h, w, 3]; alpha uint8 [h, w] or None; gray: save the output as grey."""
+
+    path: Path
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    gray: bool
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from files and folders (folders: their images, not recursive, sorted).
+
+    Raises FileNotFoundError naming a missing path, ValueError when nothing is found.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"{p}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    if not files:
+        raise ValueError("no input images given")
+    return files
+
+
+def output_paths(files: Sequence[Path], out: Path, scale: int) -> list[Path]:
+    """<out>/<stem>_x<scale>.png per input (the extension joins the stem when two inputs share one).
+
+    Raises ValueError when an output would overwrite one of the inputs.
+    """
+    stems = [f.stem for f in files]
+    paths = []
+    for f, stem in zip(files, stems, strict=True):
+        name = stem if stems.count(stem) == 1 else f"{stem}_{f.suffix.lstrip('.').lower()}"
+        paths.append(out / f"{name}_x{scale}.png")
+    inputs = {f.resolve() for f in files}
+    for f, p in zip(files, paths, strict=True):
+        for q in (p, p.with_name(p.stem + "_depth.png")):
+            if q.resolve() in inputs:
+                raise ValueError(f"{f}: its output {q} is one of the inputs; refusing to overwrite it")
+    return paths
+
+
+def _read_16bit(path: Path) -> np.ndarray:
+    """16-bit grayscale (PNG/TIFF) or RGB(A) TIFF -> uint8 [H, W] / [H, W, C] via round(x / 257)."""
+    from PIL import Image
+
+    data = None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        data = tifffile.imread(path)
+    else:
+        with Image.open(path) as im:
+            if im.mode.startswith("I;16") or im.mode == "I":
+                data = np.asarray(im)
+    if data is None or data.dtype not in (np.uint16, np.int32, np.uint8) or data.ndim not in (2, 3):
+        raise ImageError(
+            f"{path}: 16-bit colour PNG cannot be decoded faithfully here; convert it to 8-bit first "
+            "(e.g. with ImageMagick: convert in.png -depth 8 out.png)"
+        )
+    if data.dtype == np.uint8:
+        return data
+    return np.rint(np.clip(data.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
+
+
+def read_input(path: Path, *, convert_16bit: bool = False) -> InputImage:
+    """Decode one input per the module policy. Raises ImageError / FileNotFoundError naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except Exception as err:
+        raise ImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+    try:
+        rgb = load_image(path)
+        raw = None
+    except ImageError as err:
+        if "more than 8 bits" not in str(err):  # corrupt or unsupported: load_image's message says which
+            raise
+        if not convert_16bit:
+            raise ImageError(f"{err}; or pass --convert-16bit to convert it here") from err
+        raw = _read_16bit(path)
+        rgb = np.repeat(raw[..., None], 3, axis=2) if raw.ndim == 2 else raw[..., :3]
+        if rgb.shape[-1] != 3:
+            rgb = np.repeat(rgb[..., :1], 3, axis=2)
+    gray = mode in _GRAY_MODES or (raw is not None and (raw.ndim == 2 or raw.shape[-1] in (1, 2)))
+    alpha = None
+    if mode in ("RGBA", "RGBa", "LA", "La"):
+        with Image.open(path) as im:
+            alpha = np.asarray(im.getchannel("A"), dtype=np.uint8)
+    elif raw is not None and raw.ndim == 3 and raw.shape[-1] in (2, 4):
+        alpha = raw[..., -1]
+    return InputImage(path, rgb, alpha, gray)
+
+
+def compose_output(sr_rgb: np.ndarray, image: InputImage, scale: int) -> np.ndarray:
+    """Final uint8 output: RGB [H, W, 3], grey [H, W], or with the bicubic-upscaled alpha appended."""
+    from adadsr_jax import metrics
+    from adadsr_jax.data.bicubic import upscale as bicubic_upscale
+
+    rgb = metrics.quantize(sr_rgb)
+    if image.gray:
+        gray = np.rint(rgb.astype(np.float64).mean(axis=-1)).astype(np.uint8)
+        out = gray if image.alpha is None else np.stack([gray] * 3, axis=-1)
+    else:
+        out = rgb
+    if image.alpha is not None:
+        alpha = bicubic_upscale(image.alpha, scale)
+        out = np.concatenate([out, alpha[..., None]], axis=-1)
+    return out
+
+
+def _save(path: Path, array: np.ndarray, gray_alpha: bool) -> None:
+    if gray_alpha:  # grey + alpha: store as LA, what came in
+        from PIL import Image
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(array[..., [0, 3]])).save(path, format="PNG")
+    else:
+        save_png(path, array)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m adadsr_jax.upscale", description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="training workdir")
+    src.add_argument("--checkpoint", help="directory written by save_inference_checkpoint")
+    p.add_argument("--which", choices=("best", "latest"), default="best")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--depth", type=float, help="desired depth d (default: D, the full depth)")
+    how.add_argument("--budget", help="per-image MACs budget: fraction of dense (0.5, 50%%) or GMACs (12.5G)")
+    p.add_argument("--save-depth-map", action="store_true", help="also write <stem>_x<s>_depth.png")
+    p.add_argument("--tile", type=int, default=256, help="LR tile size for large images (0: never tile)")
+    p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of context around each tile")
+    p.add_argument("--sparse", action="store_true", help="sparse execution (needs the sparse path)")
+    p.add_argument("--self-ensemble", action="store_true", help="x8 self-ensemble")
+    p.add_argument("--convert-16bit", action="store_true", help="convert 16-bit input as round(x / 257)")
+    return p
+
+
+def run(args) -> list[Path]:
+    """Upscale every input as `args` says; returns the written SR paths."""
+    from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
+    from adadsr_jax.evaluation.runner import colorize_depth
+    from adadsr_jax.training.checkpoints import load_model
+
+    budget = parse_budget(args.budget) if args.budget else None
+    files = collect_inputs(args.inputs)
+    model, _ = load_model(args.workdir or args.checkpoint, which=args.which)
+    scale = int(model.scale)
+    out_dir = Path(args.out)
+    outs = output_paths(files, out_dir, scale)
+    predictor = Predictor(
+        model,
+        sparse=args.sparse,
+        tile=args.tile if args.tile and args.tile > 0 else None,
+        overlap=args.tile_overlap,
+        self_ensemble=args.self_ensemble,
+    )
+    if args.depth is not None and not model.config.adaptive:
+        print("note: this model has no adapter; --depth is ignored")
+    written = []
+    for path, out in zip(files, outs, strict=True):
+        image = read_input(path, convert_16bit=args.convert_16bit)
+        depth = args.depth
+        if budget is not None:
+            depth = budget_depth(predictor, image.rgb, budget).desired_depth
+        pred = predictor.predict(image.rgb, depth)
+        final = compose_output(pred.sr, image, scale)
+        _save(out, final, image.gray and image.alpha is not None)
+        written.append(out)
+        if args.save_depth_map:
+            colour = colorize_depth(pred.depth_map, predictor.max_depth, upscale=scale)
+            save_png(out.with_name(out.stem + "_depth.png"), colour)
+        g = gmacs(pred.macs)
+        d_txt = "-" if pred.desired_depth is None else f"{pred.desired_depth:.3g}"
+        print(
+            f"{path} -> {out} ({final.shape[1]}x{final.shape[0]}), desired depth {d_txt}, "
+            f"mean depth {pred.mean_depth:.2f}" + ("" if g is None else f", {g:.2f} GMACs"),
+            flush=True,
+        )
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as err:  # ImageError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""python -m adadsr_jax.upscale: odd sizes, gray, RGBA/LA, 16-bit, tiling, naming, and clear errors."""
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from adadsr_jax import metrics
+from adadsr_jax.data.bicubic import imresize
+from adadsr_jax.evaluation.inference import Predictor
+from adadsr_jax.models import create_model
+from adadsr_jax.training.checkpoints import save_inference_checkpoint
+from adadsr_jax.upscale import main
+
+S = 2
+H, W = 13, 17  # odd on purpose; every input has this size so one compiled forward serves the run
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("up")
+    model = create_model("adaedsr_tiny", scale=S, rngs=nnx.Rngs(1))
+    save_inference_checkpoint(root / "ckpt", model, model_name="adaedsr_tiny")
+    rng = np.random.default_rng(0)
+    src = root / "in"
+    src.mkdir()
+    rgb = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, size=(H, W), dtype=np.uint16)
+    gray8 = np.rint(gray16 / 257.0).astype(np.uint8)
+    alpha = rng.integers(0, 256, size=(H, W), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "odd.png")
+    Image.fromarray(gray8).save(src / "gray.png")
+    Image.fromarray(np.dstack([rgb, alpha])).save(src / "rgba.png")
+    Image.fromarray(np.dstack([gray8, alpha])).save(src / "la.png")
+    Image.fromarray(gray16).save(src / "deep.png")  # 16-bit grayscale PNG (mode I;16)
+    out = root / "out"
+    argv = [str(src), "--checkpoint", str(root / "ckpt"), "--out", str(out), "--depth", "2"]
+    argv += ["--tile", "8", "--tile-overlap", "4", "--save-depth-map", "--convert-16bit"]
+    rc = main(argv)
+    return {"rc": rc, "root": root, "src": src, "out": out, "model": model, "rgb": rgb, "alpha": alpha}
+
+
+def test_outputs_named_sized_and_coloured_as_documented(setup):
+    assert setup["rc"] == 0
+    out = setup["out"]
+    modes = {}
+    for stem in ["odd", "gray", "rgba", "la", "deep"]:
+        with Image.open(out / f"{stem}_x2.png") as im:
+            assert im.size == (S * W, S * H)
+            modes[stem] = im.mode
+        with Image.open(out / f"{stem}_x2_depth.png") as im:
+            assert im.size == (S * W, S * H) and im.mode == "RGB"
+    assert modes == {"odd": "RGB", "gray": "L", "rgba": "RGBA", "la": "LA", "deep": "L"}
+    # Alpha is upscaled with MATLAB-style bicubic and re-attached unchanged otherwise.
+    rgba = np.asarray(Image.open(out / "rgba_x2.png"))
+    np.testing.assert_array_equal(rgba[..., 3], imresize(setup["alpha"], S))
+    # The colour of an RGBA image is the SR of its RGB, same as the plain RGB input with that content.
+    np.testing.assert_array_equal(rgba[..., :3], np.asarray(Image.open(out / "odd_x2.png")))
+    # 16-bit input converted as round(x / 257) gives exactly the 8-bit image's output.
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "deep_x2.png")), np.asarray(Image.open(out / "gray_x2.png"))
+    )
+
+
+def test_rgb_output_is_the_quantised_tiled_prediction(setup):
+    want = metrics.quantize(Predictor(setup["model"], tile=8, overlap=4).predict(setup["rgb"], 2.0).sr)
+    np.testing.assert_array_equal(np.asarray(Image.open(setup["out"] / "odd_x2.png")), want)
+
+
+def test_16bit_refused_without_flag_and_clear_errors(setup, tmp_path, capsys):
+    ckpt = str(setup["root"] / "ckpt")
+    deep = str(setup["src"] / "deep.png")
+    assert main([deep, "--checkpoint", ckpt, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "deep.png" in err and "--convert-16bit" in err
+    assert main([str(tmp_path / "nope.png"), "--checkpoint", ckpt, "--out", str(tmp_path)]) == 2
+    assert "nope.png" in capsys.readouterr().err
+    assert main([deep, "--checkpoint", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+    odd = str(setup["src"] / "odd.png")
+    assert main([odd, "--checkpoint", ckpt, "--out", str(tmp_path), "--budget", "50%"]) == 2
+    assert "MAC counts" in capsys.readouterr().err
+
+
+def test_never_overwrites_an_input(setup, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(setup["rgb"]).save(folder / "a.png")
+    Image.fromarray(setup["rgb"][::-1]).save(folder / "a_x2.png")  # the output name of a.png
+    before = (folder / "a_x2.png").read_bytes()
+    assert main([str(folder), "--checkpoint", str(setup["root"] / "ckpt"), "--out", str(folder)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (folder / "a_x2.png").read_bytes() == before
