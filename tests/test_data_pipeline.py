@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from adadsr_jax.data.bicubic import downscale
-from adadsr_jax.data.images import ImageError
+from adadsr_jax.data.images import ImageError, save_png
 from adadsr_jax.data.pipeline import TrainBatches, augment_pair
-from adadsr_jax.data.sources import PairSource, demo_source
+from adadsr_jax.data.sources import PairSource, demo_source, folder_source
 
 
 def _textured_hr(h: int, w: int, seed: int) -> np.ndarray:
@@ -175,3 +175,16 @@ def test_demo_photos_feed_the_pipeline() -> None:
     b = next(it)
     it.close()
     assert b["hr"].shape == (4, 96, 96, 3) and b["hr"].std() > 10
+
+
+def test_lazy_folder_source_in_prefetch_threads(tmp_path) -> None:
+    for i in range(3):
+        save_png(tmp_path / "DIV2K_train_HR" / f"{i:04d}.png", _textured_hr(64, 80, i))
+    src = folder_source(tmp_path, scale=2)  # no LR folder: generated on first access, in the threads
+    with TrainBatches(src, batch_size=8, patch_size=16, scale=2, seed=0, prefetch=4) as it:
+        got = _take(it, 4)
+    direct = TrainBatches(
+        folder_source(tmp_path, scale=2), batch_size=8, patch_size=16, scale=2, seed=0, prefetch=0
+    )
+    assert all(_equal(a, direct.make_batch(k)) for k, a in enumerate(got))
+    assert len(src._cache) == 3  # each image decoded once and kept
