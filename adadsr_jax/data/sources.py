@@ -37,6 +37,7 @@ __all__ = [
     "ImagePair",
     "PairSource",
     "check_pair",
+    "check_sizes",
     "demo_source",
     "folder_source",
     "make_source",
@@ -63,13 +64,19 @@ def mod_crop(hr: np.ndarray, scale: int) -> np.ndarray:
     return hr[:h, :w]
 
 
-def check_pair(lr: np.ndarray, hr: np.ndarray, scale: int, what: str) -> None:
-    """Raise ImageError unless hr is exactly ``scale`` times lr in both spatial sizes."""
-    if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+def check_sizes(lr_hw: Sequence[int], hr_hw: Sequence[int], scale: int, what: str) -> None:
+    """Raise ImageError unless HR (h, w) is exactly ``scale`` times LR (h, w)."""
+    (lh, lw), (hh, hw) = lr_hw[:2], hr_hw[:2]
+    if lh * scale != hh or lw * scale != hw:
         raise ImageError(
-            f"{what}: LR size {lr.shape[1]}x{lr.shape[0]} and HR size {hr.shape[1]}x{hr.shape[0]} (WxH) "
-            f"do not match scale {scale} (HR must be exactly {scale} x LR)"
+            f"{what}: LR size {lw}x{lh} and HR size {hw}x{hh} (WxH) do not match scale {scale} "
+            f"(HR must be exactly {scale} x LR)"
         )
+
+
+def check_pair(lr: np.ndarray, hr: np.ndarray, scale: int, what: str) -> None:
+    """Raise ImageError unless hr [s*h, s*w, ...] is exactly ``scale`` times lr [h, w, ...]."""
+    check_sizes(lr.shape, hr.shape, scale, what)
 
 
 def _check_scale(scale: int) -> int:
@@ -220,7 +227,7 @@ def folder_source(
         for lr_path, hr_path in zip(lr_files, hr_files, strict=True):
             lh, lw = _header_size(lr_path)
             hh, hw = _header_size(hr_path)
-            check_pair(np.empty((lh, lw, 0)), np.empty((hh, hw, 0)), scale, f"{lr_path} vs {hr_path}")
+            check_sizes((lh, lw), (hh, hw), scale, f"{lr_path} vs {hr_path}")
             lr_sizes.append((lh, lw))
 
         def load(i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,7 +334,7 @@ def tfds_source(
                     sizes.append(im.size[::-1])
             except Exception as err:
                 raise ImageError(f"{names[i]} {key}: cannot read image header ({err})") from err
-        check_pair(np.empty((*sizes[0], 0)), np.empty((*sizes[1], 0)), scale, names[i])
+        check_sizes(sizes[0], sizes[1], scale, names[i])
         sizes_seen[i] = sizes[0]
         return sizes[0]
 
