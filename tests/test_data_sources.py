@@ -11,6 +11,7 @@ from PIL import Image
 
 from adadsr_jax.data.bicubic import downscale
 from adadsr_jax.data.images import ImageError, save_png
+from adadsr_jax.data.pipeline import TrainBatches
 from adadsr_jax.data.sources import (
     DEMO_TRAIN_PHOTOS,
     ImagePair,
@@ -224,6 +225,8 @@ def test_tfds_source_reads_prepared_data(tfds_dir) -> None:
         np.testing.assert_array_equal(pair.lr, downscale(pair.hr, 2))
         assert train.lr_size(i) == pair.lr.shape[:2]
     np.testing.assert_array_equal(valid[0].hr, examples["validation"][0][1])
+    batch = TrainBatches(train, batch_size=4, patch_size=6, scale=2, seed=0, prefetch=0).make_batch(0)
+    assert batch["lr"].shape == (4, 6, 6, 3) and batch["hr"].shape == (4, 12, 12, 3)
 
 
 def test_tfds_errors(tfds_dir, tmp_path: Path) -> None:
