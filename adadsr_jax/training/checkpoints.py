@@ -156,11 +156,16 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def model_from_config(config: Mapping[str, Any], *, seed: int = 0) -> AdaDSR:
+def model_from_config(config: Mapping[str, Any], *, rngs: nnx.Rngs | None = None) -> AdaDSR:
     """A freshly initialised model for the config's {"model": {"name", "scale", "overrides"}}."""
     m = config["model"]
     overrides = dict(m.get("overrides") or {})
-    return create_model(m["name"], scale=int(m["scale"]), rngs=nnx.Rngs(seed), **overrides)
+    return create_model(m["name"], scale=int(m["scale"]), rngs=rngs or nnx.Rngs(0), **overrides)
+
+
+def abstract_model(config: Mapping[str, Any]) -> AdaDSR:
+    """The config's model with ShapeDtypeStruct parameters (no initialisation cost), for restoring."""
+    return nnx.eval_shape(lambda: model_from_config(config))
 
 
 def abstract_tree(tree: PyTree, sharding: jax.sharding.Sharding | None = None) -> PyTree:
@@ -258,7 +263,7 @@ def load_model(
     """
     config = read_config(path)
     try:
-        model = model_from_config(config)
+        model = abstract_model(config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{Path(path) / CONFIG_FILE}: cannot build the model: {e}") from e
     graphdef, state = nnx.split(model, nnx.Param)

@@ -1,0 +1,63 @@
+"""Run logs: workdir/metrics.jsonl (one JSON object per line) and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class MetricWriter:
+    """Appends {"step", "split", "time", ...metrics} lines to metrics.jsonl and scalars to TensorBoard
+    (tag "<split>/<name>"). Only the writing host (process 0) should hold an enabled writer."""
+
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: Mapping[str, float | int | str]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
+        for k, v in metrics.items():
+            record[k] = v if isinstance(v, str) else _number(v)
+        self._file.write(json.dumps(record, allow_nan=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "split", "time") and isinstance(v, int | float):
+                    self._tb.add_scalar(f"{split}/{k}", v, int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _number(v) -> float | int:
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, bool | int):
+        return int(v)
+    v = float(v)
+    return v if math.isfinite(v) else float(v)  # NaN/Inf stay as such (json writes NaN/Infinity)
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """All records of workdir/metrics.jsonl, in order."""
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
