@@ -1,0 +1,592 @@
+"""Convert PyTorch checkpoints (AdaDSR release, EDSR-PyTorch, RCAN) into our Flax NNX models.
+
+Usage:
+    python -m adadsr_jax.convert FILE.pth --model adaedsr --scale 2 --out DIR
+
+Three key layouts are understood (chosen automatically from the keys, or with --layout):
+
+* ``adadsr``: the AdaDSR release (csmliu/AdaDSR; SPEC 12), a dict {'scale': int, 'state_dict': ...}
+  with ``head.0`` (MeanShift), ``head.1`` conv, ``block{i}.layer{0,2}`` (EDSR) or
+  ``group{g}.block{i}.layer{0,2}`` + ``group{g}.block{i}.cuca.conv_du.{0,2}`` + ``group{g}.block{B}``
+  (RCAN), ``body_lastconv``, ``up.0.0`` (x2) / ``up.0`` (x3) / ``up.0.0`` + ``up.1.0`` (x4), ``tail.0``
+  conv, ``tail.1`` (MeanShift), adapter ``predictor.layer0`` and ``predictor.layer{1..4}.{0,1}``
+  (PReLU, conv). res_scale 1; the adapter takes the depth by output scaling (AdaEDSR) or weight
+  scaling (AdaRCAN).
+* ``edsr``: EDSR-PyTorch state dicts: ``sub_mean``/``add_mean`` (MeanShift), ``head.0``,
+  ``body.{i}.body.{0,2}``, ``body.{D}``, ``tail.0.0`` (+ ``tail.0.2`` at x4), ``tail.1``.
+  res_scale 0.1 for 256-feature models (EDSR), 1 otherwise (EDSR-baseline), unless --res-scale.
+* ``rcan``: RCAN state dicts: ``sub_mean``/``add_mean``, ``head.0``, ``body.{g}.body.{b}.body.{0,2}``,
+  ``body.{g}.body.{b}.body.3.conv_du.{0,2}``, ``body.{g}.body.{B}``, ``body.{G}``, ``tail.0.0``
+  (+ ``tail.0.2``), ``tail.1``. res_scale 1.
+
+Conv weights are OIHW in the file and HWIO here; 1x1 channel-attention convs become [in, out] matrices;
+per-block tensors are stacked on our leading block (and group) axes. MeanShift tensors are checked
+against our constant (DIV2K mean, 0..255) and then dropped. Missing, unexpected and mis-shaped keys are
+reported by name (CheckpointMismatchError); a file built for another scale is refused
+(ScaleMismatchError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adadsr_jax.models import AdaDSR, Adapter, create_model, get_model_config
+from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsampler_stages
+from adadsr_jax.torch_checkpoint import CheckpointFormatError, load_torch_checkpoint
+
+LAYOUTS = ("adadsr", "edsr", "rcan")
+_MAX_LISTED = 20  # keys named per category in an error message; the exception keeps them all
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted into the requested model (message names file and problem)."""
+
+
+class ScaleMismatchError(ConversionError):
+    """The checkpoint was made for another upscaling factor than the one requested."""
+
+
+class CheckpointMismatchError(ConversionError):
+    """Keys missing from the file, keys the model does not use, or tensors of the wrong shape.
+
+    Attributes: missing (list of keys), unexpected (list of keys), misshaped (list of
+    (key, file shape, expected shape)).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        missing: list[str],
+        unexpected: list[str],
+        misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    ):
+        super().__init__(message)
+        self.missing = missing
+        self.unexpected = unexpected
+        self.misshaped = misshaped
+
+
+@dataclasses.dataclass
+class Conversion:
+    """A converted model and what is needed to save and rebuild it.
+
+    `create_model(model_name, scale=scale, rngs=..., **overrides)` rebuilds the architecture;
+    `notes` says what was checked or dropped (MeanShift constants, inferred sizes, ...).
+    """
+
+    model: AdaDSR
+    model_name: str
+    scale: int
+    overrides: dict[str, Any]
+    layout: str
+    converted_keys: int
+    notes: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One parameter of ours: its path in the model, how to convert, and the file keys per stack index."""
+
+    path: tuple[str | int, ...]
+    kind: str  # "conv" (OIHW -> HWIO), "dense" (O,I,1,1 -> I,O) or "vec" (as is)
+    keys: np.ndarray  # object array of file keys, shape = the parameter's stack shape (() if unstacked)
+
+
+# --------------------------------------------------------------------------------------------------
+# Key tables
+
+
+def _module_entries(path: tuple, prefixes: np.ndarray, kind: str = "conv") -> list[_Entry]:
+    """Weight and bias entries of one (possibly stacked) conv module whose file prefixes are given."""
+    add = np.vectorize(lambda p, leaf: f"{p}.{leaf}", otypes=[object])
+    return [
+        _Entry((*path, "kernel"), kind, add(prefixes, "weight")),
+        _Entry((*path, "bias"), "vec", add(prefixes, "bias")),
+    ]
+
+
+def _grid(fmt: str, *sizes: int) -> np.ndarray:
+    """Object array of fmt.format(*index) over the index grid of `sizes`."""
+    out = np.empty(sizes, dtype=object)
+    for index in np.ndindex(*sizes):
+        out[index] = fmt.format(*index)
+    return out
+
+
+def _one(key: str) -> np.ndarray:
+    return np.array(key, dtype=object)
+
+
+def _upsampler_prefixes(layout: str, scale: int) -> list[str]:
+    stages = len(upsampler_stages(scale))
+    if layout == "adadsr":
+        return ["up.0"] if scale == 3 else [f"up.{i}.0" for i in range(stages)]
+    # EDSR-PyTorch / RCAN: tail.0 is a Sequential of [conv, PixelShuffle] per stage.
+    return [f"tail.0.{2 * i}" for i in range(stages)]
+
+
+def _meanshift_prefixes(layout: str) -> tuple[str, str]:
+    return ("head.0", "tail.1") if layout == "adadsr" else ("sub_mean", "add_mean")
+
+
+def key_table(model: AdaDSR, layout: str, *, with_adapter: bool = True) -> list[_Entry]:
+    """Every parameter of `model` with the file keys it comes from in `layout`."""
+    cfg = model.config
+    d, g, b = cfg.num_blocks, cfg.num_groups, cfg.num_blocks
+    entries: list[_Entry] = []
+    if layout == "adadsr":
+        entries += _module_entries(("head",), _one("head.1"))
+        if cfg.backbone == "edsr":
+            entries += _module_entries(("body", "layer0"), _grid("block{}.layer0", d))
+            entries += _module_entries(("body", "layer2"), _grid("block{}.layer2", d))
+        else:
+            entries += _module_entries(("body", "layer0"), _grid("group{}.block{}.layer0", g, b))
+            entries += _module_entries(("body", "layer2"), _grid("group{}.block{}.layer2", g, b))
+            entries += _module_entries(
+                ("body", "ca_down"), _grid("group{}.block{}.cuca.conv_du.0", g, b), "dense"
+            )
+            entries += _module_entries(
+                ("body", "ca_up"), _grid("group{}.block{}.cuca.conv_du.2", g, b), "dense"
+            )
+            entries += _module_entries(("body", "group_end"), _grid("group{}.block" + str(b), g))
+        entries += _module_entries(("body_lastconv",), _one("body_lastconv"))
+        tail = "tail.0"
+    else:
+        entries += _module_entries(("head",), _one("head.0"))
+        if layout == "edsr":
+            entries += _module_entries(("body", "layer0"), _grid("body.{}.body.0", d))
+            entries += _module_entries(("body", "layer2"), _grid("body.{}.body.2", d))
+            entries += _module_entries(("body_lastconv",), _one(f"body.{d}"))
+        else:
+            entries += _module_entries(("body", "layer0"), _grid("body.{}.body.{}.body.0", g, b))
+            entries += _module_entries(("body", "layer2"), _grid("body.{}.body.{}.body.2", g, b))
+            ca = "body.{}.body.{}.body.3.conv_du."
+            entries += _module_entries(("body", "ca_down"), _grid(ca + "0", g, b), "dense")
+            entries += _module_entries(("body", "ca_up"), _grid(ca + "2", g, b), "dense")
+            entries += _module_entries(("body", "group_end"), _grid("body.{}.body." + str(b), g))
+            entries += _module_entries(("body_lastconv",), _one(f"body.{g}"))
+        tail = "tail.1"
+    for i, prefix in enumerate(_upsampler_prefixes(layout, model.scale)):
+        entries += _module_entries(("up", "convs", i), _one(prefix))
+    entries += _module_entries(("tail",), _one(tail))
+    if cfg.adaptive and with_adapter:
+        entries += _module_entries(("adapter", "layer0"), _one("predictor.layer0"))
+        for i in range(4):
+            entries.append(
+                _Entry(("adapter", "layers", i, "slope"), "vec", _one(f"predictor.layer{i + 1}.0.weight"))
+            )
+            entries += _module_entries(("adapter", "layers", i, "conv"), _one(f"predictor.layer{i + 1}.1"))
+    return entries
+
+
+def _file_shape(kind: str, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch shape of one (unstacked) tensor that becomes a parameter of `param_shape`."""
+    if kind == "conv":
+        kh, kw, cin, cout = param_shape
+        return (cout, cin, kh, kw)
+    if kind == "dense":
+        cin, cout = param_shape
+        return (cout, cin, 1, 1)
+    return tuple(param_shape)
+
+
+def _to_ours(kind: str, array: np.ndarray) -> np.ndarray:
+    if kind == "conv":
+        return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if kind == "dense":
+        return array[:, :, 0, 0].T  # [out, in, 1, 1] -> [in, out]
+    return array
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the file's structure
+
+
+def extract_state_dict(checkpoint: Any, source: str) -> tuple[dict[str, np.ndarray], int | None]:
+    """(state dict with any DataParallel 'module.' prefix removed, the file's 'scale' or None)."""
+    scale = None
+    state = checkpoint
+    if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
+        state = checkpoint["state_dict"]
+        raw_scale = checkpoint.get("scale")
+        if isinstance(raw_scale, int | np.integer) and not isinstance(raw_scale, bool):
+            scale = int(raw_scale)
+        elif isinstance(raw_scale, list | tuple) and len(raw_scale) == 1:  # EDSR-style [2]
+            scale = int(raw_scale[0])
+    if not isinstance(state, Mapping) or not state:
+        raise ConversionError(f"{source}: no state dict found (top level is {type(checkpoint).__name__})")
+    non_tensors = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
+    if non_tensors:
+        top = list(checkpoint)[:10] if isinstance(checkpoint, Mapping) else []
+        raise ConversionError(
+            f"{source}: not a state dict of tensors (entries {non_tensors[:5]} are not tensors; "
+            f"top-level keys {top})"
+        )
+    keys = [str(k) for k in state]
+    if all(k.startswith("module.") for k in keys):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return {str(k): v for k, v in state.items()}, scale
+
+
+def detect_layout(state: Mapping[str, np.ndarray], source: str) -> str:
+    """'adadsr', 'edsr' or 'rcan' from the key names."""
+    keys = set(state)
+    if any(k.startswith(("block0.", "group0.", "predictor.", "body_lastconv.")) for k in keys):
+        return "adadsr"
+    if "body.0.body.0.body.0.weight" in keys:
+        return "rcan"
+    if "body.0.body.0.weight" in keys:
+        return "edsr"
+    raise ConversionError(
+        f"{source}: unrecognised key layout (first keys: {sorted(keys)[:8]}); supported are the AdaDSR "
+        "release, EDSR-PyTorch and RCAN layouts (see docs/pretrained.md)"
+    )
+
+
+def _indices(keys: set[str], pattern: str) -> list[tuple[int, ...]]:
+    found = []
+    for key in keys:
+        m = re.fullmatch(pattern, key)
+        if m:
+            found.append(tuple(int(x) for x in m.groups()))
+    return sorted(found)
+
+
+def infer_sizes(state: Mapping[str, np.ndarray], layout: str) -> dict[str, int]:
+    """Architecture sizes the file implies (num_features, num_blocks, num_groups, reduction,
+    adapter_features); entries that cannot be read off the keys are left out."""
+    keys = set(state)
+    sizes: dict[str, int] = {}
+    head = state.get("head.1.weight" if layout == "adadsr" else "head.0.weight")
+    if head is not None and head.ndim == 4:
+        sizes["num_features"] = int(head.shape[0])
+    if layout == "adadsr":
+        blocks = _indices(keys, r"block(\d+)\.layer0\.weight")
+        grouped = _indices(keys, r"group(\d+)\.block(\d+)\.layer0\.weight")
+        ca = "group0.block0.cuca.conv_du.0.weight"
+        if "predictor.layer0.weight" in state and state["predictor.layer0.weight"].ndim == 4:
+            sizes["adapter_features"] = int(state["predictor.layer0.weight"].shape[0])
+    elif layout == "edsr":
+        blocks = _indices(keys, r"body\.(\d+)\.body\.0\.weight")
+        grouped, ca = [], ""
+    else:
+        blocks = []
+        grouped = _indices(keys, r"body\.(\d+)\.body\.(\d+)\.body\.0\.weight")
+        ca = "body.0.body.0.body.3.conv_du.0.weight"
+    if blocks:
+        sizes["num_blocks"] = max(i for (i,) in blocks) + 1
+    if grouped:
+        sizes["num_groups"] = max(gi for gi, _ in grouped) + 1
+        sizes["num_blocks"] = max(bi for _, bi in grouped) + 1
+        if ca in state and state[ca].ndim == 4 and state[ca].shape[0] and "num_features" in sizes:
+            sizes["reduction"] = sizes["num_features"] // int(state[ca].shape[0])
+    return sizes
+
+
+def infer_scale(state: Mapping[str, np.ndarray], layout: str) -> int | None:
+    """The upscaling factor the file's upsampler implements (None when it cannot tell)."""
+    if layout == "adadsr":
+        first = state.get("up.0.weight", state.get("up.0.0.weight"))
+        second = "up.1.0.weight" in state
+    else:
+        first = state.get("tail.0.0.weight")
+        second = "tail.0.2.weight" in state
+    if first is None or first.ndim != 4 or first.shape[1] == 0:
+        return None
+    ratio = first.shape[0] / first.shape[1]  # C*r*r out of C in
+    factor = {4.0: 2, 9.0: 3}.get(ratio)
+    if factor is None:
+        return None
+    return factor * factor if second else factor
+
+
+def _check_meanshift(
+    state: Mapping[str, np.ndarray], layout: str, source: str
+) -> tuple[list[str], list[str]]:
+    """Compare MeanShift tensors with our constant; returns (keys consumed, notes). Mismatch -> error."""
+    sub, add = _meanshift_prefixes(layout)
+    mean = np.asarray(DIV2K_RGB_MEAN, np.float64)
+    used, notes = [], []
+    for prefix, sign in ((sub, -1.0), (add, 1.0)):
+        weight, bias = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
+        if weight is None and bias is None:
+            continue
+        for key, value, want in (
+            (f"{prefix}.weight", weight, np.eye(3).reshape(3, 3, 1, 1)),
+            (f"{prefix}.bias", bias, sign * mean),
+        ):
+            if value is None:
+                raise ConversionError(f"{source}: MeanShift '{prefix}' has no '{key}'")
+            if value.shape != want.shape:
+                raise ConversionError(
+                    f"{source}: MeanShift '{key}' has shape {value.shape}, expected {want.shape}"
+                )
+            # float32 storage of 255 * mean is exact to ~1e-5; anything larger is another normalisation.
+            if not np.allclose(value.astype(np.float64), want, rtol=0, atol=1e-3):
+                got = np.round(value.astype(np.float64).ravel(), 4).tolist()
+                raise ConversionError(
+                    f"{source}: MeanShift '{key}' is {got}, "
+                    f"but this model's constant is {np.round(want.ravel(), 4).tolist()} (DIV2K mean, "
+                    "pixel range 0..255): the checkpoint was trained with another normalisation"
+                )
+            used.append(key)
+        notes.append(f"MeanShift '{prefix}' equals our constant (dropped)")
+    return used, notes
+
+
+def _listing(title: str, items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"\n  {title} ({len(items)}): {shown}{more}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion
+
+
+def _default_res_scale(layout: str, sizes: Mapping[str, int]) -> float:
+    if layout == "edsr":
+        # Upstream EDSR (256 features) trains with res_scale 0.1; EDSR-baseline (64) with 1.
+        return 0.1 if sizes.get("num_features") == 256 else 1.0
+    return 1.0  # the AdaDSR release (0.1 folded into its weights) and RCAN
+
+
+def _set_param(param: nnx.Variable, path: tuple, value: np.ndarray) -> None:
+    old = param.get_raw_value()  # an array, or a ShapeDtypeStruct in an abstract model
+    if tuple(old.shape) != tuple(value.shape):  # the key table and the model disagree: a bug here
+        raise AssertionError(f"{path}: converted shape {value.shape} != parameter shape {old.shape}")
+    param.set_value(jnp.asarray(value, dtype=old.dtype))
+
+
+def convert_state_dict(
+    state: Mapping[str, np.ndarray],
+    *,
+    model_name: str,
+    scale: int,
+    layout: str = "auto",
+    file_scale: int | None = None,
+    infer_size: bool = False,
+    res_scale: float | None = None,
+    backbone_only: bool = False,
+    seed: int = 0,
+    source: str = "<state_dict>",
+) -> Conversion:
+    """Build `model_name` at `scale` with the weights of a PyTorch state dict (numpy arrays).
+
+    layout: "auto" | "adadsr" | "edsr" | "rcan". infer_size: take num_blocks/num_features/... from the
+    file instead of the preset. res_scale: override the layout's default. backbone_only: for an adaptive
+    model, load only the backbone and keep the adapter's fresh initialisation (seed).
+    Raises ScaleMismatchError, CheckpointMismatchError (missing/unexpected/mis-shaped keys) or
+    ConversionError.
+    """
+    state = dict(state)
+    if layout == "auto":
+        layout = detect_layout(state, source)
+    if layout not in LAYOUTS:
+        raise ConversionError(f"layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
+    preset = get_model_config(model_name)
+    want_backbone = "edsr" if layout == "edsr" else "rcan" if layout == "rcan" else preset.backbone
+    if preset.backbone != want_backbone:
+        raise ConversionError(
+            f"{source}: the file has {layout.upper()} keys, but model {model_name!r} is a "
+            f"{preset.backbone.upper()}; pick an {want_backbone} model"
+        )
+    if layout == "adadsr":
+        has_groups = any(k.startswith("group0.") for k in state)
+        if has_groups != (preset.backbone == "rcan"):
+            kind = "AdaRCAN/RCAN" if has_groups else "AdaEDSR/EDSR"
+            raise ConversionError(
+                f"{source}: the file is an {kind} release checkpoint, but model {model_name!r} is a "
+                f"{preset.backbone.upper()}"
+            )
+    if layout != "adadsr" and preset.adaptive and not backbone_only:
+        raise ConversionError(
+            f"{source}: {layout.upper()} checkpoints hold no adapter, but model {model_name!r} needs one; "
+            "pass --backbone-only to load the backbone and keep a freshly initialised adapter"
+        )
+
+    for found, what in ((file_scale, "its 'scale' entry"), (infer_scale(state, layout), "its upsampler")):
+        if found is not None and found != scale:
+            raise ScaleMismatchError(
+                f"{source}: the checkpoint is for x{found} ({what}), but --scale is {scale}; "
+                f"convert it with --scale {found}"
+            )
+
+    sizes = infer_sizes(state, layout)
+    overrides: dict[str, Any] = {}
+    notes: list[str] = []
+    if infer_size:
+        for field, value in sizes.items():
+            if field == "adapter_features" and not preset.adaptive:
+                continue
+            if field == "num_groups" and preset.backbone == "edsr":
+                continue
+            if getattr(preset, field) != value:
+                overrides[field] = value
+        if overrides:
+            notes.append(f"sizes taken from the file: {overrides}")
+    overrides["res_scale"] = float(res_scale) if res_scale is not None else _default_res_scale(layout, sizes)
+    if preset.adaptive and layout == "adadsr":
+        # The AdaEDSR release scales the adapter output by d, the AdaRCAN release the first conv weight.
+        overrides["depth_input"] = "output" if preset.backbone == "edsr" else "weight"
+
+    def build() -> AdaDSR:
+        return create_model(model_name, scale=scale, rngs=nnx.Rngs(seed), **overrides)
+
+    try:
+        # Every parameter comes from the file, so an abstract model (shapes only) avoids running the
+        # random initialisers (slow to compile on CPU).
+        model = nnx.eval_shape(build)
+    except ValueError as err:
+        raise ConversionError(f"{source}: cannot build model {model_name!r} with {overrides}: {err}") from err
+    if backbone_only and model.config.adaptive:
+        cfg = model.config
+        model.adapter = Adapter(
+            cfg.num_features,
+            cfg.adapter_features,
+            cfg.num_maps,
+            depth_input=cfg.depth_input,
+            rngs=nnx.Rngs(seed),
+        )
+
+    used, ms_notes = _check_meanshift(state, layout, source)
+    notes += ms_notes
+    missing: list[str] = []
+    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    converted: dict[tuple, np.ndarray] = {}
+    entries = key_table(model, layout, with_adapter=not backbone_only)
+    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for entry in entries:
+        param_shape = tuple(params[entry.path].get_raw_value().shape)
+        stack_shape = entry.keys.shape
+        file_shape = _file_shape(entry.kind, param_shape[len(stack_shape) :])
+        pieces = []
+        for index in np.ndindex(*stack_shape):
+            key = entry.keys[index]
+            used.append(key)
+            if key not in state:
+                missing.append(key)
+            elif tuple(state[key].shape) != file_shape:
+                misshaped.append((key, tuple(state[key].shape), file_shape))
+            else:
+                pieces.append(_to_ours(entry.kind, np.asarray(state[key], dtype=np.float32)))
+        if len(pieces) == int(np.prod(stack_shape, dtype=int)):
+            stacked = np.stack(pieces).reshape(param_shape) if stack_shape else pieces[0]
+            converted[entry.path] = stacked
+    used_set = set(used)
+    unexpected = [k for k in state if k not in used_set]
+    if missing or unexpected or misshaped:
+        message = (
+            f"{source}: the checkpoint does not fit model {model_name!r} (x{scale}, {layout} layout):"
+            + (_listing("missing keys", missing) if missing else "")
+            + (_listing("unexpected keys", unexpected) if unexpected else "")
+            + (
+                _listing(
+                    "mis-shaped keys", [f"{k} file {tuple(f)} != model {tuple(w)}" for k, f, w in misshaped]
+                )
+                if misshaped
+                else ""
+            )
+        )
+        differ = {
+            k: v
+            for k, v in sizes.items()
+            if hasattr(model.config, k)
+            and getattr(model.config, k) != v
+            and (k != "num_groups" or layout != "edsr")
+        }
+        if differ and not infer_size:
+            message += f"\n  the file looks like {differ}: pass --infer-size to adopt the file's sizes"
+        raise CheckpointMismatchError(message, missing, unexpected, misshaped)
+
+    # Every parameter must have a source (all of them unless the adapter keeps its initialisation).
+    unmapped = {p for p in params if not (backbone_only and p[0] == "adapter")} - set(converted)
+    assert not unmapped, f"parameters without a source key: {sorted(unmapped)}"
+    for path, value in converted.items():
+        _set_param(params[path], path, value)
+    if backbone_only and model.config.adaptive:
+        notes.append(f"adapter left at its fresh initialisation (seed {seed})")
+    notes.append(f"res_scale {overrides['res_scale']}")
+    return Conversion(model, model_name, scale, overrides, layout, len(used_set), notes)
+
+
+def convert_checkpoint(path: str | os.PathLike, *, model_name: str, scale: int, **kwargs: Any) -> Conversion:
+    """Read a torch.save file (see torch_checkpoint) and convert it; kwargs as convert_state_dict."""
+    source = os.fspath(path)
+    state, file_scale = extract_state_dict(load_torch_checkpoint(source), source)
+    return convert_state_dict(
+        state, model_name=model_name, scale=scale, file_scale=file_scale, source=source, **kwargs
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m adadsr_jax.convert",
+        description="Convert an AdaDSR / EDSR-PyTorch / RCAN checkpoint (.pt/.pth) into a checkpoint "
+        "directory that evaluate.py and upscale load. PyTorch is not needed; the file's pickle may only "
+        "rebuild tensors (anything else is refused).",
+    )
+    p.add_argument("checkpoint", help="the torch.save file (zip or legacy format)")
+    p.add_argument("--model", required=True, help="model preset: adaedsr, adarcan, edsr, rcan (or *_small)")
+    p.add_argument("--scale", type=int, required=True, choices=(2, 3, 4))
+    p.add_argument("--out", required=True, help="output directory (config.json + Orbax parameters)")
+    p.add_argument(
+        "--layout", default="auto", choices=("auto", *LAYOUTS), help="key layout (default: detect)"
+    )
+    p.add_argument("--infer-size", action="store_true", help="take block/feature counts from the file")
+    p.add_argument("--res-scale", type=float, default=None, help="override the layout's res_scale")
+    p.add_argument(
+        "--backbone-only",
+        action="store_true",
+        help="adaptive model from a plain EDSR/RCAN file: load the backbone, keep a fresh adapter",
+    )
+    p.add_argument("--seed", type=int, default=0, help="init seed for parameters not in the file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = convert_checkpoint(
+            args.checkpoint,
+            model_name=args.model,
+            scale=args.scale,
+            layout=args.layout,
+            infer_size=args.infer_size,
+            res_scale=args.res_scale,
+            backbone_only=args.backbone_only,
+            seed=args.seed,
+        )
+    except (FileNotFoundError, CheckpointFormatError, ConversionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    from adadsr_jax.training.checkpoints import save_inference_checkpoint
+
+    save_inference_checkpoint(
+        args.out, result.model, model_name=result.model_name, overrides=result.overrides
+    )
+    print(
+        f"converted {args.checkpoint} ({result.layout} layout, {result.converted_keys} tensors) -> "
+        f"{args.out}: model {result.model_name} x{result.scale}, overrides {result.overrides}"
+    )
+    for note in result.notes:
+        print(f"  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
