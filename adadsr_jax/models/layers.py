@@ -24,7 +24,13 @@ def torch_uniform_init(fan_in: int) -> nnx.initializers.Initializer:
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        # Draw from a power-of-two-sized buffer and scale afterwards: eager model construction then
+        # compiles one random kernel per size bucket instead of one per (shape, bound), which made
+        # building even a tiny model take tens of seconds on CPU.
+        size = math.prod(shape)
+        bucket = 1 << max(size - 1, 1).bit_length()
+        flat = jax.random.uniform(key, (bucket,), dtype, -1.0, 1.0)
+        return (flat[:size] * bound).reshape(shape)
 
     return init
 
