@@ -13,7 +13,14 @@ from adadsr_jax import metrics
 from adadsr_jax.data.bicubic import downscale
 from adadsr_jax.data.images import load_image, save_png
 from adadsr_jax.evaluation.cli import main
-from adadsr_jax.evaluation.inference import Predictor, budget_depth, parse_budget, search_depth, tile_windows
+from adadsr_jax.evaluation.inference import (
+    Predictor,
+    budget_depth,
+    parse_budget,
+    search_depth,
+    supports_sparse,
+    tile_windows,
+)
 from adadsr_jax.evaluation.runner import MEAN_FIELDS, evaluate_set
 from adadsr_jax.models import AdaDSR, create_model, get_model_config
 from adadsr_jax.training.checkpoints import save_inference_checkpoint
@@ -186,6 +193,21 @@ def test_tiled_equals_whole_image_and_sweep_reuses_compilation(tiny_model):
     assert whole.compiled_count() == 1 and tiled.compiled_count() == 1
 
 
+def test_sparse_execution_matches_dense_or_falls_back(tiny_model):
+    lr = np.random.default_rng(6).integers(0, 256, size=(12, 14, 3)).astype(np.uint8)
+    dense = Predictor(tiny_model)
+    if supports_sparse(tiny_model):
+        sparse = Predictor(tiny_model, sparse=True)
+        assert sparse.mode == "sparse"
+        for d in (0.5, 2.0):
+            a, b = dense.predict(lr, d), sparse.predict(lr, d)
+            np.testing.assert_allclose(b.sr, a.sr, atol=1e-3, rtol=0)
+            assert (b.mean_depth, b.macs, b.dense_macs) == (a.mean_depth, a.macs, a.dense_macs)
+    else:
+        with pytest.warns(RuntimeWarning, match="no sparse path"):
+            assert Predictor(tiny_model, sparse=True).mode == "dense"
+
+
 def test_self_ensemble_averages_the_eight_dihedral_transforms(tiny_model):
     lr = np.random.default_rng(4).integers(0, 256, size=(10, 10, 3)).astype(np.uint8)
     plain = Predictor(tiny_model)
@@ -266,9 +288,20 @@ def test_budget_mode_meets_its_target(counting_predictor):
     assert rec.budget_met and rec.macs <= rec.budget_target_macs and runs[0].mean()["gmacs"] is not None
 
 
-def test_budget_needs_a_mac_counter(tiny_model):
+class UncountedAdaDSR(AdaDSR):
+    """A model whose outputs carry no MAC counts (as before the counter existed)."""
+
+    def __call__(self, lr, *, desired_depth=None):
+        sr, aux = super().__call__(lr, desired_depth=desired_depth)
+        return sr, {k: v for k, v in aux.items() if k not in ("macs", "dense_macs")}
+
+
+def test_budget_needs_a_mac_counter():
+    model = UncountedAdaDSR(get_model_config("adaedsr_tiny"), scale=S, rngs=nnx.Rngs(0))
     lr = np.zeros((12, 14, 3), np.uint8)
+    pred = Predictor(model).predict(lr, 1.0)
+    assert pred.macs is None and pred.dense_macs is None  # nothing invented
     with pytest.raises(ValueError, match="MAC counts"):
-        budget_depth(Predictor(tiny_model), lr, ("fraction", 0.5))
+        budget_depth(Predictor(model), lr, ("fraction", 0.5))
     with pytest.raises(ValueError, match="bad budget"):
         parse_budget("1.5")
