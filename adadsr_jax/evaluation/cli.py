@@ -112,6 +112,8 @@ def run(args) -> list[RunResult]:
         raise SystemExit(f"error: the model is x{model.scale} but --scale {args.scale} was given")
     scale = int(model.scale)
     cfg = model.config
+    if args.budget and not cfg.adaptive:
+        raise ValueError(f"--budget needs an adaptive model; {label} has no adapter (one fixed cost)")
     info.update({"adaptive": bool(cfg.adaptive), "max_depth": int(cfg.max_depth)})
     if cfg.adaptive:
         depths = _floats(args.depths, "--depths") if args.depths else default_depths(cfg.max_depth, True)

@@ -98,12 +98,12 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _fmt(value: float | None, digits: int) -> str:
+def _fmt(value: float | None, digits: int, kind: str = "f") -> str:
     if value is None:
         return "-"
     if math.isinf(value):
         return "inf"
-    return f"{value:.{digits}f}"
+    return f"{value:.{digits}{kind}}"
 
 
 def _datasets_in_order(runs: Sequence[RunResult]) -> list[str]:
@@ -178,7 +178,11 @@ def markdown_tables(runs: Sequence[RunResult], *, datasets: Sequence[dict] = ())
             for n in names:
                 r = by_key.get((method, label, n))
                 m = r.mean() if r else {}
-                cells += [_fmt(m.get("gmacs"), 2), _fmt(m.get("latency_ms"), 1), _fmt(m.get("mean_depth"), 2)]
+                cells += [
+                    _fmt(m.get("gmacs"), 4, "g"),
+                    _fmt(m.get("latency_ms"), 1),
+                    _fmt(m.get("mean_depth"), 2),
+                ]
             out.append(f"| {label} | x{scale} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)

@@ -106,7 +106,7 @@ class RunResult:
         return (
             f"{self.dataset} x{self.scale} {self.label}: PSNR-Y {fmt(m['psnr_y'], '.3f')} dB, "
             f"SSIM-Y {fmt(m['ssim_y'], '.4f')}, mean depth {fmt(m['mean_depth'], '.2f')}, "
-            f"GMACs {fmt(m['gmacs'], '.2f')} / dense {fmt(m['dense_gmacs'], '.2f')}, "
+            f"GMACs {fmt(m['gmacs'], '.4g')} / dense {fmt(m['dense_gmacs'], '.4g')}, "
             f"latency {fmt(m['latency_ms'], '.1f', ' ms')} ({len(self.images)} images)"
         )
 
