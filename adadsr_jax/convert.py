@@ -398,7 +398,7 @@ def convert_state_dict(
     want_backbone = "edsr" if layout == "edsr" else "rcan" if layout == "rcan" else preset.backbone
     if preset.backbone != want_backbone:
         raise ConversionError(
-            f"{source}: the file has {layout.upper()} keys, but model {model_name!r} is a "
+            f"{source}: the file has {layout.upper()} keys, but model {model_name!r} is an "
             f"{preset.backbone.upper()}; pick an {want_backbone} model"
         )
     if layout == "adadsr":
@@ -406,7 +406,7 @@ def convert_state_dict(
         if has_groups != (preset.backbone == "rcan"):
             kind = "AdaRCAN/RCAN" if has_groups else "AdaEDSR/EDSR"
             raise ConversionError(
-                f"{source}: the file is an {kind} release checkpoint, but model {model_name!r} is a "
+                f"{source}: the file is an {kind} release checkpoint, but model {model_name!r} is an "
                 f"{preset.backbone.upper()}"
             )
     if layout != "adadsr" and preset.adaptive and not backbone_only:

@@ -416,3 +416,24 @@ def test_cli_reports_errors(tmp_path, capsys):
     assert code == 1
     assert "missing keys (1): up.0.0.bias" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_a_checkpoint_that_load_model_reads(tmp_path, lr_batch, capsys):
+    from adadsr_jax.training.checkpoints import load_model
+
+    path = tmp_path / "adarcan_x2.pth"
+    write_legacy(path, {"scale": 2, "state_dict": release_state_dict("adarcan_tiny", 2)})
+    out = tmp_path / "converted"
+    assert main([str(path), "--model", "adarcan_tiny", "--scale", "2", "--out", str(out)]) == 0
+    assert "adadsr layout" in capsys.readouterr().out
+    direct = convert_checkpoint(path, model_name="adarcan_tiny", scale=2).model
+    loaded, config = load_model(out)
+    assert config["model"] == {
+        "name": "adarcan_tiny",
+        "scale": 2,
+        "overrides": {"res_scale": 1.0, "depth_input": "weight"},
+    }
+    x = jax.numpy.asarray(lr_batch)
+    sr_direct, _ = direct(x, desired_depth=1.5)
+    sr_loaded, _ = loaded(x, desired_depth=1.5)
+    np.testing.assert_array_equal(np.asarray(sr_loaded), np.asarray(sr_direct))
