@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adadsr_jax.kernels.stack import sparse_edsr_stack
 from adadsr_jax.models.layers import StackedConv, conv2d
 from adadsr_jax.models.masks import block_mask
 
@@ -27,9 +28,28 @@ class EDSRBody(nnx.Module):
     def max_depth(self) -> int:
         return self.num_blocks
 
-    def __call__(self, x: jax.Array, depth_map: jax.Array | None = None) -> jax.Array:
-        """x: [N, h, w, C]; depth_map: [N, h, w, 1] or None (every mask is one) -> [N, h, w, C]."""
+    def __call__(
+        self,
+        x: jax.Array,
+        depth_map: jax.Array | None = None,
+        *,
+        sparse: bool = False,
+        sparse_backend: str = "auto",
+    ) -> jax.Array:
+        """x: [N, h, w, C]; depth_map: [N, h, w, 1] or None (every mask is one) -> [N, h, w, C].
+
+        sparse=True (inference, needs a depth map) computes each block only where its mask is > 0
+        (adadsr_jax.kernels); the result equals the dense one up to float rounding.
+        """
         res_scale = self.res_scale
+        if sparse and depth_map is not None:
+            params = (
+                self.layer0.kernel[...],
+                self.layer0.bias[...],
+                self.layer2.kernel[...],
+                self.layer2.bias[...],
+            )
+            return sparse_edsr_stack(x, depth_map, params, res_scale=res_scale, backend=sparse_backend)
 
         def block(x, params):
             k0, b0, k1, b1, index = params

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adadsr_jax.macs import model_macs
 from adadsr_jax.models.adapter import Adapter
 from adadsr_jax.models.config import ModelConfig, get_model_config
 from adadsr_jax.models.edsr import EDSRBody
@@ -57,27 +58,46 @@ class AdaDSR(nnx.Module):
         return self.adapter(z0, d)
 
     def __call__(
-        self, lr: jax.Array, *, desired_depth: jax.Array | float | None = None
+        self,
+        lr: jax.Array,
+        *,
+        desired_depth: jax.Array | float | None = None,
+        sparse: bool = False,
+        sparse_backend: str = "auto",
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Super-resolve a batch.
 
         lr: [N, h, w, 3] float, 0..255. desired_depth: scalar or [N] (ignored by plain backbones).
+        sparse: inference only; compute each residual block only at the pixels its mask needs
+        (adadsr_jax.kernels, SPEC 6): same outputs as the dense call up to float rounding, less work when
+        the depth map is below the maximum depth. sparse_backend: "auto" (Pallas on GPU, JAX on CPU, dense
+        above the measured active fraction), "pallas", "jax" or "dense".
         Returns sr [N, s*h, s*w, 3] float (0..255, unclipped) and aux with
           "depth_map": [N, h, w, G] float32 (plain backbones: D everywhere),
-          "mean_depth": [N], mean of ceil(clip(depth_map, 0, D)) as the release reports it.
+          "mean_depth": [N], mean of ceil(clip(depth_map, 0, D)) as the release reports it,
+          "macs": [N] float32, multiply-accumulates sparse inference executes at this depth map (dilated
+            first convs and the adapter included; see adadsr_jax.macs), the same for dense calls,
+          "dense_macs": [N] float32, MACs of the whole network run densely.
         """
         if lr.ndim != 4 or lr.shape[-1] != 3:
             raise ValueError(f"lr must be [N, h, w, 3], got shape {lr.shape}")
         mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
         z0 = self.head(lr - mean)
         depth_map = self.depth_map(z0, desired_depth)
-        z = z0 + self.body_lastconv(self.body(z0, depth_map))
+        body = self.body(z0, depth_map, sparse=sparse, sparse_backend=sparse_backend)
+        z = z0 + self.body_lastconv(body)
         sr = self.tail(self.up(z)) + mean
 
+        macs, dense_macs = model_macs(self.config, self.scale, lr.shape, depth_map)
         if depth_map is None:
             n, h, w, _ = lr.shape
             depth_map = jnp.full((n, h, w, self.config.num_maps), float(self.config.max_depth), jnp.float32)
-        aux = {"depth_map": depth_map, "mean_depth": mean_executed_depth(depth_map, self.config.max_depth)}
+        aux = {
+            "depth_map": depth_map,
+            "mean_depth": mean_executed_depth(depth_map, self.config.max_depth),
+            "macs": macs,
+            "dense_macs": dense_macs,
+        }
         return sr, aux
 
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adadsr_jax.kernels.stack import sparse_rcan_group
 from adadsr_jax.models.layers import StackedConv, StackedDense, conv2d
 from adadsr_jax.models.masks import block_mask
 
@@ -55,13 +56,28 @@ class RCANBody(nnx.Module):
     def max_depth(self) -> int:
         return self.num_blocks
 
-    def __call__(self, x: jax.Array, depth_map: jax.Array | None = None) -> jax.Array:
-        """x: [N, h, w, C]; depth_map: [N, h, w, G] or None (every mask is one) -> [N, h, w, C]."""
+    def __call__(
+        self,
+        x: jax.Array,
+        depth_map: jax.Array | None = None,
+        *,
+        sparse: bool = False,
+        sparse_backend: str = "auto",
+    ) -> jax.Array:
+        """x: [N, h, w, C]; depth_map: [N, h, w, G] or None (every mask is one) -> [N, h, w, C].
+
+        sparse=True (inference, needs depth maps) computes each block only where its mask is > 0
+        (adadsr_jax.kernels); group-end convs stay dense. Equal to the dense result up to rounding.
+        """
         res_scale = self.res_scale
         block_indices = jnp.arange(self.num_blocks, dtype=jnp.float32)
+        sparse = sparse and depth_map is not None
 
         def group(x, group_params):
             blocks, end_kernel, end_bias, group_depth = group_params
+            if sparse:
+                h = sparse_rcan_group(x, group_depth, blocks, res_scale=res_scale, backend=sparse_backend)
+                return x + conv2d(h, end_kernel, end_bias), None
 
             def block(h, params):
                 k0, b0, k1, b1, dk, db, uk, ub, index = params

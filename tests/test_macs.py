@@ -1,0 +1,106 @@
+"""MACs accounting: paper-model constants, a hand computation on a tiny model, XLA's cost analysis."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adadsr_jax.macs import ca_mlp_macs, dense_macs, executed_macs, release_gmacs
+from adadsr_jax.models import create_model, get_model_config
+
+
+@pytest.mark.parametrize(("scale", "per_pixel"), [(2, 40_732_416), (3, 43_716_096), (4, 50_252_544)])
+def test_paper_edsr_macs_per_lr_pixel(scale, per_pixel):
+    """SPEC 9: pure conv MACs per LR pixel of EDSR 32x256; the AdaEDSR adapter adds 738,432."""
+    assert dense_macs(get_model_config("edsr"), scale, 1, 1) == per_pixel
+    assert dense_macs(get_model_config("adaedsr"), scale, 1, 1) == per_pixel + 738_432
+
+
+# adaedsr_tiny: C=8, D=3 blocks, adapter 8 features, 1 map. A 4x4 LR image at x2.
+HAND_DEPTH = np.zeros((1, 4, 4, 1), np.float32)
+HAND_DEPTH[0, 0, 1, 0] = 0.2  # ceil -> 1 block
+HAND_DEPTH[0, 3, 3, 0] = 2.5  # ceil -> 3 blocks
+
+
+def test_executed_macs_by_hand():
+    config = get_model_config("adaedsr_tiny")
+    # Dense layers per image (16 LR pixels, 64 HR pixels), 9 taps each:
+    head = 16 * 9 * 3 * 8
+    adapter = 16 * 9 * (8 * 8 + 3 * 8 * 8 + 8 * 1)
+    lastconv = 16 * 9 * 8 * 8
+    up = 16 * 9 * 8 * 32
+    tail = 64 * 9 * 8 * 3
+    rest = head + adapter + lastconv + up + tail
+    per_conv_pixel = 9 * 8 * 8
+    # Second convs run at ceil(depth): 1 + 3 pixel-blocks. First convs run on the 3x3 dilation:
+    # 6 pixels around (0, 1) for block 1, 4 pixels around (3, 3) for blocks 1..3: 6 + 12 = 18.
+    executed = rest + per_conv_pixel * (4 + 18)
+    dense = rest + per_conv_pixel * 2 * 3 * 16
+    assert float(executed_macs(config, 2, jnp.asarray(HAND_DEPTH))[0]) == executed
+    assert dense_macs(config, 2, 4, 4) == dense
+    # Release-compatible: second-conv positions for both convs, + bias/ReLU/add ops, in 2^30 units.
+    # Dense convs with one bias add per output: out_pixels * Cout * (9 * Cin + 1).
+    other_ops = (
+        16 * 8 * 28  # head
+        + 16 * 8 * 73  # adapter conv 0
+        + 3 * 16 * 8 * 73  # adapter convs 1..3
+        + 16 * 1 * 73  # adapter output conv
+        + 16 * 8 * 73  # body_lastconv
+        + 16 * 32 * 73  # upsampler conv
+        + 64 * 3 * 73  # tail
+    )
+    release = other_ops + 4 * (2 * per_conv_pixel + 4 * 8)
+    assert release_gmacs(config, 2, HAND_DEPTH)[0] == pytest.approx(release / 2**30, rel=1e-12)
+
+
+def test_model_aux_macs():
+    """aux["macs"] / aux["dense_macs"] from model calls, dense and sparse, agree with the counter."""
+    model = create_model("adaedsr_tiny", scale=2, rngs=nnx.Rngs(0))
+    lr = jnp.asarray(np.random.RandomState(0).rand(2, 4, 4, 3) * 255, jnp.float32)
+    _, aux = model(lr, desired_depth=jnp.asarray([0.0, 1.5]))
+    config = model.config
+    np.testing.assert_array_equal(np.asarray(aux["dense_macs"]), [dense_macs(config, 2, 4, 4)] * 2)
+    np.testing.assert_array_equal(
+        np.asarray(aux["macs"]), np.asarray(executed_macs(config, 2, aux["depth_map"]))
+    )
+    assert float(aux["macs"][0]) == dense_macs(config, 2, 4, 4) - 2 * 3 * 16 * 9 * 64  # depth 0: no block
+    _, aux_sparse = model(lr, desired_depth=jnp.asarray([0.0, 1.5]), sparse=True)
+    np.testing.assert_array_equal(np.asarray(aux_sparse["macs"]), np.asarray(aux["macs"]))
+    plain = create_model("edsr_tiny", scale=2, rngs=nnx.Rngs(0))
+    _, aux_plain = plain(lr)
+    np.testing.assert_array_equal(np.asarray(aux_plain["macs"]), np.asarray(aux_plain["dense_macs"]))
+
+
+def _conv_stub(lhs, rhs, *args, **kwargs):
+    """A zero-FLOP stand-in for a stride-1 SAME conv with the right output shape."""
+    return jnp.broadcast_to(lhs[..., :1], (*lhs.shape[:-1], rhs.shape[-1]))
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("adaedsr_tiny", {"num_blocks": 1}),
+        ("adarcan_tiny", {"num_blocks": 1, "num_groups": 1}),
+        ("edsr_tiny", {"num_blocks": 1}),
+    ],
+)
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_dense_macs_match_xla_cost_analysis(monkeypatch, name, overrides, scale):
+    """XLA counts 2 FLOPs per MAC and skips zero-padding taps; its conv FLOPs are the model's FLOPs minus
+    those of the same model with every conv replaced by a zero-FLOP stub. One block (per group), since
+    cost analysis counts a scan's body once."""
+    model = create_model(name, scale=scale, rngs=nnx.Rngs(0), **overrides)
+    graph, state = nnx.split(model)
+    h, w = 5, 7
+    lr = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+
+    def flops():
+        fn = jax.jit(lambda s, x: nnx.merge(graph, s)(x, desired_depth=1.0)[0])
+        return fn.lower(state, lr).cost_analysis()["flops"]
+
+    total = flops()
+    monkeypatch.setattr(jax.lax, "conv_general_dilated", _conv_stub)
+    non_conv = flops()
+    expected = 2 * (dense_macs(model.config, scale, h, w, skip_padding=True) - ca_mlp_macs(model.config))
+    assert total - non_conv == expected
