@@ -51,6 +51,9 @@ def test_basicsr_layout_and_alias(tmp_path):
     bench = find_dataset("B100", tmp_path, scale=S)
     assert (bench.name, bench.layout, bench.lr_source) == ("B100", "basicsr", "files")
     assert canonical_name("bsd100") == "B100"
+    save_png(tmp_path / "Set5" / "HR" / "bird.png", hr)  # BasicSR-style LR folder next to an HR/ folder
+    save_png(tmp_path / "Set5" / "LRbicx2" / "bird.png", downscale(hr, S))
+    assert find_dataset("Set5", tmp_path, scale=S).layout == "basicsr"
 
 
 @pytest.mark.parametrize("where", ["edsr_hr", "flat"])

@@ -4,7 +4,7 @@ Layouts recognised (SPEC 9), tried in this order for a set named NAME at scale s
   1. EDSR:    <root>[/benchmark]/NAME/HR/baby.png  +  .../NAME/LR_bicubic/X{s}/babyx{s}.png
               DIV2K: <root>[/DIV2K]/DIV2K_valid_HR/0801.png  +  .../DIV2K_valid_LR_bicubic/X{s}/0801x{s}.png
   2. RCAN:    <root>/HR/NAME/x{s}/baby_HR_x{s}.png  +  <root>/LR/LRBI/NAME/x{s}/baby_LRBI_x{s}.png
-  3. BasicSR: <root>/NAME/GTmod12/baby.png  +  <root>/NAME/LRbicx{s}/baby.png
+  3. BasicSR: <root>/NAME/GTmod12/baby.png (or GT/, HR/)  +  <root>/NAME/LRbicx{s}/baby.png
   4. HR only: any of the HR folders above without its LR folder for this scale, or images directly in
               <root>/NAME/: the HR image is mod-cropped to a multiple of s (top-left kept) and the LR made
               with MATLAB-style bicubic (adadsr_jax.data.bicubic); such sets are labelled "generated".
@@ -261,7 +261,7 @@ def find_dataset(name: str, data_root: str | os.PathLike | None, *, scale: int) 
     set_dir = _child(root, names)
     gt_dir = _child(set_dir, ["GTmod12", "GT", "HR"]) if set_dir else None
     searched.append(f"{root}/{names[0]}/GTmod12 + LRbicx{s}")
-    if gt_dir and gt_dir.name.lower() != "hr":
+    if gt_dir:
         lr_dir = _child(set_dir, [f"LRbicx{s}"])
         if lr_dir:
             return result("basicsr", _paired(gt_dir, lr_dir, lambda t: t, lambda t: t), gt_dir)
