@@ -184,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> list[Path]:
-    """Upscale every input as `args` says; returns the written SR paths."""
+    """Upscale every input as `args` says; returns the written SR paths.
+
+    An input that cannot be read (corrupt, 16-bit without --convert-16bit) is reported and skipped; the
+    others are still written, then ValueError lists the skipped files.
+    """
     from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
     from adadsr_jax.evaluation.runner import colorize_depth
     from adadsr_jax.training.checkpoints import load_model
@@ -204,9 +208,14 @@ def run(args) -> list[Path]:
     )
     if args.depth is not None and not model.config.adaptive:
         print("note: this model has no adapter; --depth is ignored")
-    written = []
+    written, failed = [], []
     for path, out in zip(files, outs, strict=True):
-        image = read_input(path, convert_16bit=args.convert_16bit)
+        try:
+            image = read_input(path, convert_16bit=args.convert_16bit)
+        except ImageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed.append(str(path))
+            continue
         depth = args.depth
         if budget is not None:
             depth = budget_depth(predictor, image.rgb, budget).desired_depth
@@ -224,6 +233,8 @@ def run(args) -> list[Path]:
             f"mean depth {pred.mean_depth:.2f}" + ("" if g is None else f", {g:.2f} GMACs"),
             flush=True,
         )
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(files)} inputs could not be read: {', '.join(failed)}")
     return written
 
 

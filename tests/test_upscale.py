@@ -91,3 +91,15 @@ def test_never_overwrites_an_input(setup, tmp_path, capsys):
     assert main([str(folder), "--checkpoint", str(setup["root"] / "ckpt"), "--out", str(folder)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (folder / "a_x2.png").read_bytes() == before
+
+
+def test_unreadable_input_is_reported_and_the_rest_written(setup, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(setup["rgb"]).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "o"
+    assert main([str(folder), "--checkpoint", str(setup["root"] / "ckpt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 of 2 inputs could not be read" in err
+    assert (out / "good_x2.png").is_file() and not (out / "broken_x2.png").exists()
