@@ -127,10 +127,15 @@ def _one(key: str) -> np.ndarray:
     return np.array(key, dtype=object)
 
 
-def _upsampler_prefixes(layout: str, scale: int) -> list[str]:
+def _upsampler_prefixes(layout: str, scale: int, keys: frozenset[str] = frozenset()) -> list[str]:
     stages = len(upsampler_stages(scale))
     if layout == "adadsr":
-        return ["up.0"] if scale == 3 else [f"up.{i}.0" for i in range(stages)]
+        if stages == 1:
+            # SPEC 12: x2 uses up.0.0 (a [conv, shuffle] Sequential), x3 a bare up.0; accept either
+            # spelling for the single-stage scales, preferring the one the file has.
+            first, other = ("up.0", "up.0.0") if scale == 3 else ("up.0.0", "up.0")
+            return [other] if f"{other}.weight" in keys and f"{first}.weight" not in keys else [first]
+        return [f"up.{i}.0" for i in range(stages)]
     # EDSR-PyTorch / RCAN: tail.0 is a Sequential of [conv, PixelShuffle] per stage.
     return [f"tail.0.{2 * i}" for i in range(stages)]
 
@@ -139,8 +144,11 @@ def _meanshift_prefixes(layout: str) -> tuple[str, str]:
     return ("head.0", "tail.1") if layout == "adadsr" else ("sub_mean", "add_mean")
 
 
-def key_table(model: AdaDSR, layout: str, *, with_adapter: bool = True) -> list[_Entry]:
-    """Every parameter of `model` with the file keys it comes from in `layout`."""
+def key_table(
+    model: AdaDSR, layout: str, *, with_adapter: bool = True, file_keys: frozenset[str] = frozenset()
+) -> list[_Entry]:
+    """Every parameter of `model` with the file keys it comes from in `layout` (file_keys only picks
+    between equivalent spellings)."""
     cfg = model.config
     d, g, b = cfg.num_blocks, cfg.num_groups, cfg.num_blocks
     entries: list[_Entry] = []
@@ -176,7 +184,7 @@ def key_table(model: AdaDSR, layout: str, *, with_adapter: bool = True) -> list[
             entries += _module_entries(("body", "group_end"), _grid("body.{}.body." + str(b), g))
             entries += _module_entries(("body_lastconv",), _one(f"body.{g}"))
         tail = "tail.1"
-    for i, prefix in enumerate(_upsampler_prefixes(layout, model.scale)):
+    for i, prefix in enumerate(_upsampler_prefixes(layout, model.scale, file_keys)):
         entries += _module_entries(("up", "convs", i), _one(prefix))
     entries += _module_entries(("tail",), _one(tail))
     if cfg.adaptive and with_adapter:
@@ -464,7 +472,7 @@ def convert_state_dict(
     missing: list[str] = []
     misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
     converted: dict[tuple, np.ndarray] = {}
-    entries = key_table(model, layout, with_adapter=not backbone_only)
+    entries = key_table(model, layout, with_adapter=not backbone_only, file_keys=frozenset(state))
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for entry in entries:
         param_shape = tuple(params[entry.path].get_raw_value().shape)
@@ -503,8 +511,10 @@ def convert_state_dict(
             for k, v in sizes.items()
             if hasattr(model.config, k)
             and getattr(model.config, k) != v
-            and (k != "num_groups" or layout != "edsr")
+            and (k != "adapter_features" or model.config.adaptive)
         }
+        if unexpected and not model.config.adaptive and all(k.startswith("predictor.") for k in unexpected):
+            message += "\n  the file has an adapter (predictor.*): convert it into adaedsr/adarcan"
         if differ and not infer_size:
             message += f"\n  the file looks like {differ}: pass --infer-size to adopt the file's sizes"
         raise CheckpointMismatchError(message, missing, unexpected, misshaped)

@@ -437,3 +437,31 @@ def test_cli_writes_a_checkpoint_that_load_model_reads(tmp_path, lr_batch, capsy
     sr_direct, _ = direct(x, desired_depth=1.5)
     sr_loaded, _ = loaded(x, desired_depth=1.5)
     np.testing.assert_array_equal(np.asarray(sr_loaded), np.asarray(sr_direct))
+
+
+@pytest.mark.parametrize(("scale", "spec_key", "alt_key"), [(3, "up.0", "up.0.0"), (2, "up.0.0", "up.0")])
+def test_release_single_stage_upsampler_accepts_both_spellings(scale, spec_key, alt_key):
+    sd = release_state_dict("adaedsr_tiny", scale)
+    renamed = collections.OrderedDict(
+        (k.replace(f"{spec_key}.", f"{alt_key}.", 1) if k.startswith(f"{spec_key}.") else k, v)
+        for k, v in sd.items()
+    )
+    assert f"{alt_key}.weight" in renamed and f"{spec_key}.weight" not in renamed
+    a = convert_state_dict(sd, model_name="adaedsr_tiny", scale=scale).model
+    b = convert_state_dict(renamed, model_name="adaedsr_tiny", scale=scale).model
+    np.testing.assert_array_equal(
+        np.asarray(a.up.convs[0].kernel[...]), np.asarray(b.up.convs[0].kernel[...])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(a.up.convs[0].kernel[...]), sd[f"{spec_key}.weight"].transpose(2, 3, 1, 0)
+    )
+
+
+def test_adapter_file_into_plain_model_gets_a_hint():
+    sd = release_state_dict("adaedsr_tiny", 2)
+    with pytest.raises(CheckpointMismatchError) as info:
+        convert_state_dict(sd, model_name="edsr_tiny", scale=2)
+    assert all(k.startswith("predictor.") for k in info.value.unexpected) and len(info.value.unexpected) == 14
+    assert not info.value.missing and not info.value.misshaped
+    assert "the file has an adapter (predictor.*): convert it into adaedsr/adarcan" in str(info.value)
+    assert "--infer-size" not in str(info.value)
