@@ -465,3 +465,17 @@ def test_adapter_file_into_plain_model_gets_a_hint():
     assert not info.value.missing and not info.value.misshaped
     assert "the file has an adapter (predictor.*): convert it into adaedsr/adarcan" in str(info.value)
     assert "--infer-size" not in str(info.value)
+
+
+def test_infer_size_reads_rcan_groups_blocks_and_reduction():
+    sd = upstream_state_dict("rcan", 8, 1, 3, 2, 2)  # C=8, 1 block per group, 3 groups, reduction 2
+    result = convert_state_dict(sd, model_name="rcan_tiny", scale=2, infer_size=True)
+    assert result.overrides == {"num_blocks": 1, "num_groups": 3, "reduction": 2, "res_scale": 1.0}
+    body = result.model.body
+    assert body.ca_down.kernel[...].shape == (3, 1, 8, 4)
+    np.testing.assert_array_equal(
+        np.asarray(body.ca_down.kernel[...][2, 0]), sd["body.2.body.0.body.3.conv_du.0.weight"][:, :, 0, 0].T
+    )
+    np.testing.assert_array_equal(
+        np.asarray(body.group_end.kernel[...][1]), sd["body.1.body.1.weight"].transpose(2, 3, 1, 0)
+    )
