@@ -73,7 +73,7 @@ def e2e(bench_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     argv = ["--checkpoint", str(ckpt), "--data-root", str(root), "--datasets", "Set5,Set14,B100,Urban100"]
     argv += ["--depths", "1,3", "--repeats", "2", "--output", str(out), "--save-images", "--save-depth-maps"]
-    argv += ["--no-progress"]
+    argv += ["--no-progress", "--budget", "90%"]
     return main(argv), out, hrs
 
 
@@ -88,6 +88,7 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
     assert doc["schema"] == "adadsr-eval/1" and "Y channel" in doc["protocol"]
     assert doc["model"]["name"] == "adaedsr_tiny" and doc["model"]["max_depth"] == 3
     assert doc["settings"]["mode"] == "dense" and doc["settings"]["depths"] == [1.0, 3.0]
+    assert doc["settings"]["budgets"] == ["90%"]
     layouts = {d["name"]: (d["layout"], d["lr_source"]) for d in doc["datasets"]}
     assert layouts == {
         "Set5": ("edsr", "files"),
@@ -95,7 +96,7 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
         "B100": ("basicsr", "files"),
         "Urban100": ("hr_only", "generated"),
     }
-    assert len(doc["runs"]) == 4 * 3  # bicubic + two depths per set
+    assert len(doc["runs"]) == 4 * 4  # bicubic + two depths + one budget per set
     for run in doc["runs"]:
         assert set(run) == {
             "dataset",
@@ -112,15 +113,18 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
         assert run["mean"]["psnr_y"] == pytest.approx(np.mean(psnrs), abs=1e-12)
         if run["method"] == "model":
             assert run["mean"]["latency_ms"] > 0 and 0 <= run["mean"]["mean_depth"] <= 3
+            assert 0 < run["mean"]["gmacs"] <= run["mean"]["dense_gmacs"]
             for im in run["images"]:
-                has_macs = im["macs"] is not None
-                assert has_macs == (im["dense_macs"] is not None)
+                assert 0 < im["macs"] <= im["dense_macs"]
+                if run["budget"] is not None:
+                    assert im["budget_met"] and im["macs"] <= im["budget_target_macs"]
+                    assert im["budget_target_macs"] == pytest.approx(0.9 * im["dense_macs"])
     md = (out / "results.md").read_text()
     assert md.count("_Protocol: Y channel") == 1 and "| adaedsr_tiny (d=3) | x2 |" in md
     assert "| Bicubic | x2 |" in md and "Urban100 (generated LR, 1 images)" in md
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 + 3 * (2 + 1 + 1 + 1)  # a MEAN row per run plus one row per image
+    assert len(rows) == 16 + 4 * (2 + 1 + 1 + 1)  # a MEAN row per run plus one row per image
 
 
 def test_reported_psnr_equals_recomputation_from_saved_pngs(e2e):
@@ -128,7 +132,12 @@ def test_reported_psnr_equals_recomputation_from_saved_pngs(e2e):
     doc = json.loads((out / "results.json").read_text())
     checked = 0
     for run in doc["runs"]:
-        slug = "bicubic" if run["method"] == "bicubic" else f"d{run['desired_depth']:g}"
+        if run["method"] == "bicubic":
+            slug = "bicubic"
+        elif run["budget"] is not None:
+            slug = "budget-90pct"
+        else:
+            slug = f"d{run['desired_depth']:g}"
         for im in run["images"]:
             sr = load_image(out / "sr" / run["dataset"] / "x2" / slug / f"{im['name']}.png")
             hr = hrs[(run["dataset"], im["name"])]
@@ -138,7 +147,7 @@ def test_reported_psnr_equals_recomputation_from_saved_pngs(e2e):
                 dmap = load_image(out / "depth" / run["dataset"] / "x2" / slug / f"{im['name']}_depth.png")
                 assert dmap.shape == hr.shape
             checked += 1
-    assert checked == 3 * 5
+    assert checked == 4 * 5
 
 
 def test_cli_errors_are_clear(bench_root, tmp_path, capsys):
@@ -243,8 +252,10 @@ class CountingAdaDSR(AdaDSR):
         return sr, aux
 
 
-@pytest.fixture(scope="module")
-def counting_predictor():
+@pytest.fixture(scope="module", params=["stand-in counter", "model counter"])
+def counting_predictor(request, tiny_model):
+    if request.param == "model counter":  # the network's own aux["macs"] (adadsr_jax.macs)
+        return Predictor(tiny_model)
     model = CountingAdaDSR(get_model_config("adaedsr_tiny"), scale=S, rngs=nnx.Rngs(0))
     return Predictor(model)
 
@@ -263,7 +274,7 @@ def test_search_depth_is_the_largest_feasible_depth():
 def test_budget_mode_meets_its_target(counting_predictor):
     lr = np.random.default_rng(5).integers(0, 256, size=(12, 14, 3)).astype(np.uint8)
     p = counting_predictor
-    for budget in ("0.6", "80%"):
+    for budget in ("0.8", "90%"):
         found = budget_depth(p, lr, parse_budget(budget))
         macs, dense = p.macs_at(lr, found.desired_depth)
         assert found.met and macs == found.macs <= found.target_macs
@@ -279,7 +290,7 @@ def test_budget_mode_meets_its_target(counting_predictor):
         dataset="T",
         model_label="m",
         depths=[],
-        budgets=["0.6"],
+        budgets=["0.8"],
         bicubic=False,
         repeats=0,
         progress=False,

@@ -7,7 +7,7 @@ from PIL import Image
 
 from adadsr_jax import metrics
 from adadsr_jax.data.bicubic import imresize
-from adadsr_jax.evaluation.inference import Predictor
+from adadsr_jax.evaluation.inference import Predictor, budget_depth, parse_budget
 from adadsr_jax.models import create_model
 from adadsr_jax.training.checkpoints import save_inference_checkpoint
 from adadsr_jax.upscale import main
@@ -103,3 +103,15 @@ def test_unreadable_input_is_reported_and_the_rest_written(setup, tmp_path, caps
     err = capsys.readouterr().err
     assert "broken.png" in err and "1 of 2 inputs could not be read" in err
     assert (out / "good_x2.png").is_file() and not (out / "broken_x2.png").exists()
+
+
+def test_budget_picks_the_searched_depth(setup, tmp_path, capsys):
+    odd = str(setup["src"] / "odd.png")
+    ckpt = str(setup["root"] / "ckpt")
+    assert main([odd, "--checkpoint", ckpt, "--out", str(tmp_path), "--budget", "90%"]) == 0
+    assert "GMACs" in capsys.readouterr().out
+    p = Predictor(setup["model"])
+    found = budget_depth(p, setup["rgb"], parse_budget("90%"))
+    assert found.met and found.macs <= 0.9 * found.dense_macs
+    want = metrics.quantize(p.predict(setup["rgb"], found.desired_depth).sr)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "odd_x2.png")), want)
