@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compilation-cache", help="folder for JAX's persistent compilation cache (reruns skip compiling)"
+    )
     return p
 
 
@@ -107,6 +110,13 @@ def run(args) -> list[RunResult]:
     """Evaluate as `args` says, write the outputs and print one summary line per set and setting."""
     for b in args.budget:
         parse_budget(b)  # fail before loading anything
+    if args.compilation_cache:
+        import jax
+
+        # Every benchmark image has its own shape, hence its own compile; a persistent cache makes reruns
+        # (other depths, other checkpoints of the same architecture) skip them.
+        jax.config.update("jax_compilation_cache_dir", str(Path(args.compilation_cache).absolute()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     model, info, label = _load(args)
     if args.scale is not None and args.scale != model.scale:
         raise SystemExit(f"error: the model is x{model.scale} but --scale {args.scale} was given")
