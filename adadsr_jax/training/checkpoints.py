@@ -67,6 +67,8 @@ def make_manager(
             preservation_policy=policy,
             enable_async_checkpointing=enable_async,
             create=True,
+            # A save killed half-way leaves a *.orbax-checkpoint-tmp folder; drop it when resuming.
+            cleanup_tmp_directories=True,
         )
     return ocp.CheckpointManager(directory, options=options)
 
@@ -169,7 +171,10 @@ def abstract_model(config: Mapping[str, Any]) -> AdaDSR:
 
 
 def abstract_tree(tree: PyTree, sharding: jax.sharding.Sharding | None = None) -> PyTree:
-    """ShapeDtypeStruct leaves (with `sharding`, if given) for an Orbax restore target."""
+    """ShapeDtypeStruct leaves with `sharding` (default: this host's first device) for an Orbax restore
+    target. An explicit sharding lets a checkpoint saved on other devices (8 GPUs, 2 hosts) load here."""
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 

@@ -239,8 +239,13 @@ def train(
             train_step, eval_fn = fns.train_step, fns.eval_fn
             depths = tcfg["eval_depths"]
 
+            # Validation runs on this host's first device alone (every host computes the same numbers),
+            # so it needs no global arrays: a one-device mesh replaces the data mesh meanwhile.
+            eval_mesh = parallel.data_mesh([jax.local_devices()[0]])
+
             def run_validation() -> dict[str, float]:
-                return validate(eval_fn, parallel.local_copy(params), vset, depths)
+                with jax.set_mesh(eval_mesh):
+                    return validate(eval_fn, parallel.local_copy(params), vset, depths)
 
             def check(entry) -> dict[str, float]:
                 at, metrics = entry

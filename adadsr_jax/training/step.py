@@ -63,7 +63,7 @@ def make_train_step(
             metrics,
             loss=loss,
             desired_depth=desired.mean(),
-            grad_norm=optax.global_norm(grads),
+            grad_norm=optax.tree.norm(grads),
             lr=jnp.asarray(schedule(step), jnp.float32),
         )
         return params, opt_state, metrics

@@ -1,0 +1,201 @@
+"""The training loop: outputs of a run, SIGTERM/SIGKILL + resume == uninterrupted, NaN stop, learning."""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from adadsr_jax.training import checkpoints as ck
+from adadsr_jax.training.config import resolve_config
+from adadsr_jax.training.logs import read_metrics
+from adadsr_jax.training.loop import NonFiniteLossError, train
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def load_config(name, arg=None):
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def resume_config():
+    c = load_config("tiny")
+    c.train.steps = 12
+    c.train.checkpoint_every = 4
+    c.train.eval_every = 4
+    c.train.log_every = 1
+    return c
+
+
+def assert_params_equal(a, b):
+    la, lb = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+    assert [p for p, _ in la] == [p for p, _ in lb]
+    for (path, x), (_, y) in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of resume_config() on the 4 fake devices."""
+    workdir = tmp_path_factory.mktemp("reference")
+    return train(resume_config(), workdir), workdir
+
+
+def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(reference, capsys):
+    result, workdir = reference
+    assert result.status == "completed" and result.step == 12
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved == json.loads(json.dumps(resolve_config(resume_config())))
+    assert saved["train"]["depth_range"] == [0.0, 3.0] and saved["train"]["depth_loss_weight"] == 0.01
+    records = read_metrics(workdir)
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == list(range(1, 13))
+    for r in records:
+        if r["split"] == "train":
+            assert np.isfinite(r["loss"]) and 0.0 <= r["desired_depth"] <= 3.0 and r["steps_per_sec"] > 0
+    valid = [r for r in records if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [4, 8, 12]
+    assert {"psnr_d0.75", "mean_depth_d3", "val_psnr", "bicubic_psnr"} <= set(valid[0])
+    assert records[-1]["split"] == "final" and records[-1]["val_psnr"] == valid[-1]["val_psnr"]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    # keep_checkpoints=2 latest plus the best by val_psnr.
+    manager = ck.make_manager(workdir, read_only=True)
+    best = max(valid, key=lambda r: r["val_psnr"])["step"]
+    assert manager.best_step() == best
+    assert set(manager.all_steps()) == {8, 12, best}
+    model, config = ck.load_model(workdir, which="latest")
+    assert_params_equal(
+        jax.tree.map(np.asarray, ck.nnx.to_pure_dict(ck.nnx.state(model, ck.nnx.Param))), result.params
+    )
+    assert config["model"]["name"] == "adaedsr_tiny"
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted(reference, tmp_path):
+    workdir = tmp_path / "run"
+    fired = threading.Event()
+
+    def send_sigterm_after_first_checkpoint():
+        while not (workdir / "checkpoints" / "4").is_dir():
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+        fired.set()
+
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)  # a late signal must not kill pytest
+    try:
+        threading.Thread(target=send_sigterm_after_first_checkpoint, daemon=True).start()
+        first = train(resume_config(), workdir)
+    finally:
+        fired.wait(5)
+        signal.signal(signal.SIGTERM, previous)
+    assert first.status == "preempted" and 4 <= first.step < 12
+    assert ck.make_manager(workdir, read_only=True).latest_step() == first.step  # saved on SIGTERM
+    second = train(resume_config(), workdir)
+    assert second.status == "completed" and second.step == 12
+    assert_params_equal(second.params, reference[0].params)
+
+
+def test_sigkill_between_saves_then_resume_matches_uninterrupted(reference, tmp_path):
+    workdir = tmp_path / "run"
+    # --cpu_devices=4: the same 4-device mesh as this process (conftest), hence the same programs.
+    cmd = train_cli(workdir, "--cpu_devices=4")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not (workdir / "checkpoints" / "4").is_dir():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.kill()  # SIGKILL: no chance to save
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    latest = ck.make_manager(workdir, read_only=True).latest_step()
+    assert latest is not None and latest < 12
+    resumed = train(resume_config(), workdir)
+    assert resumed.step == 12
+    assert_params_equal(resumed.params, reference[0].params)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    c = resume_config()
+    # From update 4 on the learning rate is 1e26: the parameters blow up and the loss becomes inf/NaN.
+    c.optimizer.schedule = "step"
+    c.optimizer.decay_steps = 4
+    c.optimizer.decay_factor = 1e30
+    with pytest.raises(NonFiniteLossError, match=r"became (nan|inf|NaN/Inf).*step 4 in") as err:
+        train(c, tmp_path)
+    assert str(tmp_path / "checkpoints") in str(err.value)
+    assert ck.make_manager(tmp_path, read_only=True).all_steps() == [4]
+    model, _ = ck.load_model(tmp_path, which="latest")
+    leaves = jax.tree.leaves(ck.nnx.to_pure_dict(ck.nnx.state(model, ck.nnx.Param)))
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def train_cli(workdir, *flags):
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO / 'configs' / 'tiny.py'}",
+        f"--workdir={workdir}",
+        "--config.train.steps=12",
+        "--config.train.checkpoint_every=4",
+        "--config.train.eval_every=4",
+        "--config.train.log_every=1",
+        *flags,
+    ]
+
+
+def test_cli_reports_config_errors_on_stderr(tmp_path):
+    out = subprocess.run(
+        train_cli(tmp_path, "--config.train.stepz=3"), cwd=REPO, capture_output=True, text=True, env=ENV
+    )
+    assert out.returncode == 1
+    assert "error: unknown config fields ['train.stepz']" in out.stderr
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(reference, tmp_path):
+    """Two localhost processes (2 CPU devices each, gloo collectives) vs this process's 4 devices."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            train_cli(
+                tmp_path,
+                "--cpu_devices=2",
+                f"--coordinator=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    assert "on 4 device(s) (2 process(es))" in outputs[0]
+    model, _ = ck.load_model(tmp_path, which="latest")
+    params = jax.tree.map(np.asarray, ck.nnx.to_pure_dict(ck.nnx.state(model, ck.nnx.Param)))
+    for (path, a), (_, b) in zip(
+        jax.tree.leaves_with_path(params), jax.tree.leaves_with_path(reference[0].params), strict=True
+    ):
+        np.testing.assert_allclose(
+            a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=jax.tree_util.keystr(path)
+        )
