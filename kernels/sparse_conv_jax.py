@@ -18,7 +18,7 @@ from adadsr_jax.kernels.layout import PaddedLayout
 
 Epilogue = Literal["relu", "residual", "masked", "none"]
 
-DEFAULT_TILE = 1024
+DEFAULT_TILE = 512
 
 
 def apply_epilogue(
