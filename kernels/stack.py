@@ -6,9 +6,14 @@ the second conv's output by the soft mask clip(d - l, 0, 1). The feature map sta
 layout for the whole stack, so no block pads or crops.
 
 Index lists, `index_mode`:
+- "per_block" (default): `jnp.nonzero` of each block's mask (raster order), two per block.
 - "nested": one stable sort of ceil(d) (and one of its dilation) per stack; block l's lists are the
-  prefixes of length count_l (masks are nested, SPEC 4).
-- "per_block": `jnp.nonzero` of each block's mask (raster order), two per block.
+  prefixes of length count_l (masks are nested, SPEC 4). Measured no faster on CPU (benchmarks/
+  RESULTS.md): the sort is cheap, but raster-ordered lists gather with better locality.
+
+`use_dense_stack` is the stack-level switch of the "auto" backend: when the whole stack's executed
+fraction is above the measured threshold, the caller runs its dense masked stack instead (no layout
+conversions, no index building), so "auto" is never much slower than dense.
 """
 
 from __future__ import annotations
@@ -36,6 +41,18 @@ def stack_levels(depth_map: jax.Array, num_blocks: int) -> tuple[jax.Array, jax.
     levels = jnp.ceil(jnp.clip(depth_map[..., 0], 0.0, num_blocks))
     dilated = jax.lax.reduce_window(levels, 0.0, jax.lax.max, (1, 3, 3), (1, 1, 1), "SAME")
     return levels.astype(jnp.int32), dilated.astype(jnp.int32)
+
+
+def use_dense_stack(depth_map: jax.Array, num_blocks: int, threshold: float | None = None) -> jax.Array:
+    """bool []: whether the stack's executed pixel-blocks (both convs, dilation included) exceed
+    `threshold` (default DENSE_THRESHOLD for this platform) of the dense stack's."""
+    from adadsr_jax.kernels.dispatch import DENSE_THRESHOLD, default_backend
+
+    if threshold is None:
+        threshold = DENSE_THRESHOLD["gpu" if default_backend() == "pallas" else "cpu"]
+    levels, dilated = stack_levels(depth_map, num_blocks)
+    executed = (levels.sum() + dilated.sum()).astype(jnp.float32)
+    return executed > threshold * 2 * num_blocks * levels.size
 
 
 def make_plan(depth_map: jax.Array, num_blocks: int, index_mode: IndexMode) -> dict[str, jax.Array]:
@@ -72,7 +89,7 @@ def sparse_edsr_stack(
     *,
     res_scale: float,
     backend: Backend = "auto",
-    index_mode: IndexMode = "nested",
+    index_mode: IndexMode = "per_block",
 ) -> jax.Array:
     """EDSR blocks `x + res_scale * m_l * conv(relu(conv(x)))` computed sparsely.
 
@@ -117,7 +134,7 @@ def sparse_rcan_group(
     *,
     res_scale: float,
     backend: Backend = "auto",
-    index_mode: IndexMode = "nested",
+    index_mode: IndexMode = "per_block",
 ) -> jax.Array:
     """The B blocks of one RCAN group, `h + res_scale * CA(m_l * conv(relu(conv(h))))`, computed sparsely
     (the group-end conv and group skip are the caller's).

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adadsr_jax.kernels.stack import sparse_edsr_stack
+from adadsr_jax.kernels.stack import sparse_edsr_stack, use_dense_stack
 from adadsr_jax.models.layers import StackedConv, conv2d
 from adadsr_jax.models.masks import block_mask
 
@@ -42,14 +42,6 @@ class EDSRBody(nnx.Module):
         (adadsr_jax.kernels); the result equals the dense one up to float rounding.
         """
         res_scale = self.res_scale
-        if sparse and depth_map is not None:
-            params = (
-                self.layer0.kernel[...],
-                self.layer0.bias[...],
-                self.layer2.kernel[...],
-                self.layer2.bias[...],
-            )
-            return sparse_edsr_stack(x, depth_map, params, res_scale=res_scale, backend=sparse_backend)
 
         def block(x, params):
             k0, b0, k1, b1, index = params
@@ -63,7 +55,18 @@ class EDSRBody(nnx.Module):
             self.layer0.bias[...],
             self.layer2.kernel[...],
             self.layer2.bias[...],
-            jnp.arange(self.num_blocks, dtype=jnp.float32),
         )
-        x, _ = jax.lax.scan(block, x, params)
-        return x
+
+        def dense(x):
+            return jax.lax.scan(block, x, (*params, jnp.arange(self.num_blocks, dtype=jnp.float32)))[0]
+
+        if not (sparse and depth_map is not None):
+            return dense(x)
+
+        def sparse_stack(x):
+            return sparse_edsr_stack(x, depth_map, params, res_scale=res_scale, backend=sparse_backend)
+
+        if sparse_backend != "auto":
+            return sparse_stack(x)
+        # "auto": the dense stack when most of it executes anyway (decided at run time, no recompile).
+        return jax.lax.cond(use_dense_stack(depth_map, self.num_blocks), dense, sparse_stack, x)

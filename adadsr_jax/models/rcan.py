@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adadsr_jax.kernels.stack import sparse_rcan_group
+from adadsr_jax.kernels.stack import sparse_rcan_group, use_dense_stack
 from adadsr_jax.models.layers import StackedConv, StackedDense, conv2d
 from adadsr_jax.models.masks import block_mask
 
@@ -75,9 +75,6 @@ class RCANBody(nnx.Module):
 
         def group(x, group_params):
             blocks, end_kernel, end_bias, group_depth = group_params
-            if sparse:
-                h = sparse_rcan_group(x, group_depth, blocks, res_scale=res_scale, backend=sparse_backend)
-                return x + conv2d(h, end_kernel, end_bias), None
 
             def block(h, params):
                 k0, b0, k1, b1, dk, db, uk, ub, index = params
@@ -86,7 +83,19 @@ class RCANBody(nnx.Module):
                     residual = residual * block_mask(group_depth, index).astype(h.dtype)
                 return h + res_scale * channel_attention(residual, dk, db, uk, ub), None
 
-            h, _ = jax.lax.scan(block, x, (*blocks, block_indices))
+            def dense(x):
+                return jax.lax.scan(block, x, (*blocks, block_indices))[0]
+
+            def sparse_blocks(x):
+                return sparse_rcan_group(x, group_depth, blocks, res_scale=res_scale, backend=sparse_backend)
+
+            if not sparse:
+                h = dense(x)
+            elif sparse_backend != "auto":
+                h = sparse_blocks(x)
+            else:
+                # "auto": the dense group when most of it executes anyway (a run-time switch).
+                h = jax.lax.cond(use_dense_stack(group_depth, self.num_blocks), dense, sparse_blocks, x)
             return x + conv2d(h, end_kernel, end_bias), None
 
         blocks = tuple(
