@@ -5,6 +5,7 @@ from adadsr_jax.kernels.dispatch import (
     Backend,
     default_backend,
     dense_conv3x3_padded,
+    dense_threshold_for,
     sparse_conv3x3,
 )
 from adadsr_jax.kernels.layout import (
@@ -28,6 +29,7 @@ __all__ = [
     "active_list",
     "default_backend",
     "dense_conv3x3_padded",
+    "dense_threshold_for",
     "dilate3x3",
     "from_padded_flat",
     "layout_of",

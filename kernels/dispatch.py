@@ -19,11 +19,23 @@ from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3
 
 Backend = Literal["auto", "pallas", "jax", "dense"]
 
-# Active fraction above which the dense convolution is faster than the sparse path, measured with
-# benchmarks/sparse_conv.py (see benchmarks/RESULTS.md). CPU: XLA's dense conv runs about 2x more FLOPs
-# per second than XLA's matmul on the gathered im2col tiles, so the sparse path stops paying at about a
-# third active. GPU: an estimate until the GPU table is measured (no GPU was lent for this work).
-DENSE_THRESHOLD = {"cpu": 0.35, "gpu": 0.6}
+# Active fraction above which the dense convolution beats the sparse path, measured with
+# benchmarks/sparse_conv.py (benchmarks/RESULTS.md), by channel count. CPU: XLA's dense conv runs
+# 2-2.5x more FLOPs per second than XLA's matmul on gathered im2col tiles at C=64 (crossover near a
+# third active) but only ~1.3x at C=256 (crossover near 70%); C=32 is worse still. GPU: an estimate
+# until the GPU table is measured (no GPU was lent for this work).
+DENSE_THRESHOLD = {
+    "cpu": ((32, 0.25), (64, 0.35), (128, 0.5), (None, 0.7)),
+    "gpu": ((None, 0.6),),
+}
+
+
+def dense_threshold_for(platform: str, channels: int) -> float:
+    """The measured crossover active fraction for a conv with `channels` input channels."""
+    for limit, threshold in DENSE_THRESHOLD[platform]:
+        if limit is None or channels <= limit:
+            return threshold
+    raise AssertionError("unreachable: the last entry has no limit")
 
 
 def default_backend() -> str:
@@ -87,7 +99,7 @@ def sparse_conv3x3(
     Epilogues: "relu" (a block's first conv), "residual" (dst + coef * conv, the second conv; pixels
     not in the list keep dst, the block's identity), "masked" (coef * conv), "none".
     backend: "auto" (Pallas on GPU, JAX elsewhere, dense above `dense_threshold` active fraction, which
-    defaults to the measured DENSE_THRESHOLD), or force "pallas", "jax" or "dense".
+    defaults to the measured crossover for Cin, DENSE_THRESHOLD), or force "pallas", "jax" or "dense".
     """
     kwargs = dict(epilogue=epilogue, coef=coef)
     args = (src, dst, rows, count, kernel, bias, layout)
@@ -106,7 +118,7 @@ def sparse_conv3x3(
         sparse_impl, key = sparse_conv3x3_pallas, "gpu"
     else:
         sparse_impl, key = functools.partial(sparse_conv3x3_jax, tile=tile), "cpu"
-    threshold = DENSE_THRESHOLD[key] if dense_threshold is None else dense_threshold
+    threshold = dense_threshold_for(key, cin) if dense_threshold is None else dense_threshold
     if threshold >= 1.0:
         return sparse_impl(*args, **kwargs)
 

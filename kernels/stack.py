@@ -22,7 +22,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3
+from adadsr_jax.kernels.dispatch import Backend, default_backend, dense_threshold_for, sparse_conv3x3
 from adadsr_jax.kernels.layout import (
     PaddedLayout,
     active_list,
@@ -43,13 +43,14 @@ def stack_levels(depth_map: jax.Array, num_blocks: int) -> tuple[jax.Array, jax.
     return levels.astype(jnp.int32), dilated.astype(jnp.int32)
 
 
-def use_dense_stack(depth_map: jax.Array, num_blocks: int, threshold: float | None = None) -> jax.Array:
+def use_dense_stack(
+    depth_map: jax.Array, num_blocks: int, channels: int, threshold: float | None = None
+) -> jax.Array:
     """bool []: whether the stack's executed pixel-blocks (both convs, dilation included) exceed
-    `threshold` (default DENSE_THRESHOLD for this platform) of the dense stack's."""
-    from adadsr_jax.kernels.dispatch import DENSE_THRESHOLD, default_backend
-
+    `threshold` (default: the measured crossover for this platform and channel count) of the dense
+    stack's."""
     if threshold is None:
-        threshold = DENSE_THRESHOLD["gpu" if default_backend() == "pallas" else "cpu"]
+        threshold = dense_threshold_for("gpu" if default_backend() == "pallas" else "cpu", channels)
     levels, dilated = stack_levels(depth_map, num_blocks)
     executed = (levels.sum() + dilated.sum()).astype(jnp.float32)
     return executed > threshold * 2 * num_blocks * levels.size

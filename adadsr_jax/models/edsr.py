@@ -69,4 +69,4 @@ class EDSRBody(nnx.Module):
         if sparse_backend != "auto":
             return sparse_stack(x)
         # "auto": the dense stack when most of it executes anyway (decided at run time, no recompile).
-        return jax.lax.cond(use_dense_stack(depth_map, self.num_blocks), dense, sparse_stack, x)
+        return jax.lax.cond(use_dense_stack(depth_map, self.num_blocks, x.shape[-1]), dense, sparse_stack, x)

@@ -95,7 +95,8 @@ class RCANBody(nnx.Module):
                 h = sparse_blocks(x)
             else:
                 # "auto": the dense group when most of it executes anyway (a run-time switch).
-                h = jax.lax.cond(use_dense_stack(group_depth, self.num_blocks), dense, sparse_blocks, x)
+                go_dense = use_dense_stack(group_depth, self.num_blocks, x.shape[-1])
+                h = jax.lax.cond(go_dense, dense, sparse_blocks, x)
             return x + conv2d(h, end_kernel, end_bias), None
 
         blocks = tuple(
