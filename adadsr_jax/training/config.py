@@ -9,7 +9,9 @@ Sections:
              | "cosine"), decay_steps, decay_factor, warmup_steps, grad_clip_norm (0: off)
   train:     steps, seed, log_every, eval_every, checkpoint_every, keep_checkpoints, depth_range (None:
              the model's train_depth_range), depth_loss_weight (None: the model's), eval_depths (None:
-             D/4, D/2, 3D/4, D; D for plain backbones), progress_bar
+             D/4, D/2, 3D/4, D; D for plain backbones), backbone_warmup_steps (adaptive models trained
+             from scratch: the first N steps train the backbone alone, every mask one, the adapter
+             frozen), progress_bar
   init_from: "" or a training workdir / inference checkpoint whose backbone initialises the model (the
              adapter stays freshly initialised)
 """
@@ -70,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
             "depth_range": placeholder(tuple),
             "depth_loss_weight": placeholder(float),
             "eval_depths": placeholder(tuple),
+            "backbone_warmup_steps": 0,
             "progress_bar": True,
         }
     )

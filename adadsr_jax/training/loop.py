@@ -28,6 +28,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from adadsr_jax.data import TrainBatches, make_source
+from adadsr_jax.models import get_model_config
 from adadsr_jax.training import checkpoints as ck
 from adadsr_jax.training import parallel
 from adadsr_jax.training.config import resolve_config
@@ -108,6 +109,7 @@ class _Functions:
     init_params: Any  # key -> params pure dict (one compiled program instead of eager per-shape inits)
     init_opt: Any
     train_step: Any
+    warmup_step: Any  # backbone only (adaptive models; None for plain ones); jit compiles it lazily
     eval_fn: Any
 
 
@@ -129,8 +131,27 @@ def _compiled(
     train_step = make_train_step(
         graphdef, tx, schedule, depth_range=depth_range, depth_loss_weight=depth_loss_weight, replicated=rep
     )
+    warmup_step = None
+    if get_model_config(model_cfg["name"], **model_cfg["overrides"]).adaptive:
+        plain = dict(model_cfg, overrides=dict(model_cfg["overrides"], adapter_features=None))
+        backbone_graphdef, _ = nnx.split(ck.abstract_model({"model": plain}), nnx.Param)
+        warmup_step = make_train_step(
+            graphdef,
+            tx,
+            schedule,
+            depth_range=depth_range,
+            depth_loss_weight=0.0,
+            replicated=rep,
+            backbone_graphdef=backbone_graphdef,
+        )
     return _Functions(
-        graphdef, tx, init_params, jax.jit(tx.init, out_shardings=rep), train_step, make_eval_fn(graphdef)
+        graphdef,
+        tx,
+        init_params,
+        jax.jit(tx.init, out_shardings=rep),
+        train_step,
+        warmup_step,
+        make_eval_fn(graphdef),
     )
 
 
@@ -238,6 +259,7 @@ def train(
             vset = load_validation_set(dcfg, scale=scale)
             train_step, eval_fn = fns.train_step, fns.eval_fn
             depths = tcfg["eval_depths"]
+            warmup = int(tcfg["backbone_warmup_steps"])
 
             # Validation runs on this host's first device alone (every host computes the same numbers),
             # so it needs no global arrays: a one-device mesh replaces the data mesh meanwhile.
@@ -305,7 +327,8 @@ def train(
                     status = "preempted"
                     break
                 gb = parallel.global_batch(next(batches), bsh)
-                params, opt_state, metrics = train_step(
+                step_fn = train_step if step >= warmup or fns.warmup_step is None else fns.warmup_step
+                params, opt_state, metrics = step_fn(
                     params, opt_state, gb["lr"], gb["hr"], jnp.int32(step), base_key
                 )
                 step += 1

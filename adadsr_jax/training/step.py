@@ -39,6 +39,7 @@ def make_train_step(
     depth_loss_weight: float,
     replicated: jax.sharding.Sharding | None = None,
     donate: bool = True,
+    backbone_graphdef: nnx.GraphDef | None = None,
 ) -> Callable[..., tuple[PyTree, PyTree, dict[str, jax.Array]]]:
     """A jitted `train_step(params, opt_state, lr, hr, step, base_key) -> (params, opt_state, metrics)`.
 
@@ -46,12 +47,21 @@ def make_train_step(
     parallelism; params/opt_state replicated (`replicated` pins the outputs to that sharding, so the
     gradient all-reduce happens inside the step). step: int32 scalar, the number of updates done so far.
     metrics: scalar loss, l1, depth_loss, mean_depth_map, desired_depth (batch mean), grad_norm, lr.
+
+    backbone_graphdef (the same model without adapter): train the backbone alone, every mask one; the
+    adapter's gradient is zero, so Adam leaves it (and its moments) untouched. Used for a warm-up from
+    scratch: with random residual blocks the L1 gradient drives the masks, and then the adapter's ReLU
+    output, to zero within a few dozen steps, and a dead adapter never recovers.
     """
 
     def train_step(params, opt_state, lr, hr, step, base_key):
         desired = draw_desired_depth(base_key, step, lr.shape[0], depth_range)
 
         def loss_fn(p):
+            if backbone_graphdef is not None:
+                model = nnx.merge(backbone_graphdef, {k: v for k, v in p.items() if k != "adapter"})
+                sr, aux = model(lr.astype(jnp.float32))
+                return adadsr_loss(sr, hr, aux["depth_map"], desired, 0.0)
             model = nnx.merge(graphdef, p)
             sr, aux = model(lr.astype(jnp.float32), desired_depth=desired)
             return adadsr_loss(sr, hr, aux["depth_map"], desired, depth_loss_weight)
