@@ -20,12 +20,12 @@ from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3
 Backend = Literal["auto", "pallas", "jax", "dense"]
 
 # Active fraction above which the dense convolution beats the sparse path, measured with
-# benchmarks/sparse_conv.py (benchmarks/RESULTS.md), by channel count. CPU: XLA's dense conv runs
-# 2-2.5x more FLOPs per second than XLA's matmul on gathered im2col tiles at C=64 (crossover near a
-# third active) but only ~1.3x at C=256 (crossover near 70%); C=32 is worse still. GPU: an estimate
-# until the GPU table is measured (no GPU was lent for this work).
+# benchmarks/sparse_conv.py (benchmarks/RESULTS.md), by input channel count. CPU: a pixel-sparse conv
+# costs about 1.9x (C=32), 1.7-1.9x (C=64) and 1.1-1.2x (C=256) the dense conv per computed pixel, so the
+# crossovers are near 35%, 50% and 90% active; C=128 is interpolated. GPU: an estimate until the GPU
+# table is measured (no GPU was lent for this work).
 DENSE_THRESHOLD = {
-    "cpu": ((32, 0.25), (64, 0.35), (128, 0.5), (None, 0.7)),
+    "cpu": ((32, 0.35), (64, 0.5), (128, 0.7), (None, 0.85)),
     "gpu": ((None, 0.6),),
 }
 

@@ -6,10 +6,10 @@ the second conv's output by the soft mask clip(d - l, 0, 1). The feature map sta
 layout for the whole stack, so no block pads or crops.
 
 Index lists, `index_mode`:
-- "per_block" (default): `jnp.nonzero` of each block's mask (raster order), two per block.
-- "nested": one stable sort of ceil(d) (and one of its dilation) per stack; block l's lists are the
-  prefixes of length count_l (masks are nested, SPEC 4). Measured no faster on CPU (benchmarks/
-  RESULTS.md): the sort is cheap, but raster-ordered lists gather with better locality.
+- "nested" (default): one stable sort of ceil(d) (and one of its dilation) per stack; block l's lists
+  are the prefixes of length count_l (masks are nested, SPEC 4). Measured 6-10% faster than
+  "per_block" for a whole small-EDSR stack on CPU (benchmarks/RESULTS.md).
+- "per_block": `jnp.nonzero` of each block's mask (raster order), two per block.
 
 `use_dense_stack` is the stack-level switch of the "auto" backend: when the whole stack's executed
 fraction is above the measured threshold, the caller runs its dense masked stack instead (no layout
@@ -90,7 +90,7 @@ def sparse_edsr_stack(
     *,
     res_scale: float,
     backend: Backend = "auto",
-    index_mode: IndexMode = "per_block",
+    index_mode: IndexMode = "nested",
 ) -> jax.Array:
     """EDSR blocks `x + res_scale * m_l * conv(relu(conv(x)))` computed sparsely.
 
@@ -135,7 +135,7 @@ def sparse_rcan_group(
     *,
     res_scale: float,
     backend: Backend = "auto",
-    index_mode: IndexMode = "per_block",
+    index_mode: IndexMode = "nested",
 ) -> jax.Array:
     """The B blocks of one RCAN group, `h + res_scale * CA(m_l * conv(relu(conv(h))))`, computed sparsely
     (the group-end conv and group skip are the caller's).
