@@ -39,10 +39,21 @@ PROTOCOL = (
 
 
 def quantize(image: np.ndarray) -> np.ndarray:
-    """Clip to 0..255 and round to uint8 (what saving the SR image as PNG does). Any shape."""
+    """Clip to 0..255 and round to uint8 (what saving the SR image as PNG does). Any shape.
+
+    Raises ValueError for NaN or +-inf values: clipping would turn a diverged model's output into a
+    finite image (NaN -> 0) and so into a finite, misleading PSNR.
+    """
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int(image.size - np.count_nonzero(finite))
+        raise ValueError(
+            f"image has {bad} non-finite value(s) (NaN or inf) out of {image.size}; "
+            "the model output diverged, refusing to score it"
+        )
     return np.rint(np.clip(image.astype(np.float64), 0.0, 255.0)).astype(np.uint8)
 
 

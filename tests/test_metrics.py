@@ -111,3 +111,16 @@ def test_bad_inputs_raise():
         metrics.psnr(a[:4, :4], a[:4, :4], scale=2)
     with pytest.raises(ValueError, match="11x11"):
         metrics.ssim(a[:12, :12], a[:12, :12], scale=2)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_sr_is_refused(bad):
+    # A diverged model must not get a finite score: NaN used to quantise to 0.
+    hr = np.full((16, 16, 3), 100, dtype=np.uint8)
+    sr = hr.astype(np.float32)
+    sr[3, 4, 1] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.quantize(sr)
+    for fn in (metrics.psnr, metrics.ssim):
+        with pytest.raises(ValueError, match="non-finite"):
+            fn(sr, hr, scale=2)
