@@ -185,9 +185,14 @@ def test_weight_scaling_scales_first_conv_weight_not_bias():
         ref = scaled(z0[i : i + 1], jnp.ones((1,)))
         np.testing.assert_allclose(np.asarray(got[i : i + 1]), np.asarray(ref), rtol=1e-5, atol=1e-5)
     assert float(got.min()) >= 0.0
-    # The bias is not scaled: at d = 0 the map is P evaluated on the bias alone, not zero.
+    # The bias is not scaled: at d = 0 the first conv sees zero input whatever z0 is, so the map equals
+    # the adapter on zero features at d = 1 (it would be P(0 * (W z0 + b)) if the bias were scaled too).
     zero = adapter(z0, jnp.zeros((2,)))
-    np.testing.assert_allclose(np.asarray(zero[0]), np.asarray(zero[1]), rtol=1e-6)
+    on_zero_features = adapter(jnp.zeros_like(z0), jnp.ones((2,)))
+    np.testing.assert_allclose(np.asarray(zero), np.asarray(on_zero_features), rtol=1e-6, atol=1e-6)
+    scaled_bias = nnx.clone(adapter)
+    scaled_bias.layer0.bias[...] = jnp.zeros_like(adapter.layer0.bias[...])
+    assert not np.allclose(np.asarray(zero), np.asarray(scaled_bias(jnp.zeros_like(z0), jnp.ones((2,)))))
 
 
 def test_saturated_adaedsr_equals_plain_edsr(photo_lr):
