@@ -12,8 +12,11 @@ Policy (also in docs/evaluation.md):
   * 16-bit input is refused (naming the file) unless --convert-16bit is given, which converts 16-bit
     grayscale PNG/TIFF and 16-bit RGB(A) TIFF to 8 bits as round(x / 257); 16-bit colour PNG stays
     refused (Pillow cannot decode it faithfully): convert it with another tool first;
-  * outputs are PNGs named <stem>_x<scale>.png (and <stem>_x<scale>_depth.png) in --out; an output path
-    that is one of the inputs is refused before anything runs, so inputs are never overwritten.
+  * outputs are PNGs named <stem>_x<scale>.png (and <stem>_x<scale>_depth.png) in --out; an input named
+    twice is upscaled once; inputs whose names would collide get the extension and then the parent
+    folder's name added (a/x.png, b/x.png -> a_x_png_x2.png, b_x_png_x2.png), and ones still colliding
+    (x.png and x.PNG) are refused; an output path that is one of the inputs is refused; all of this
+    before anything runs, so no output overwrites an input or another output.
 """
 
 from __future__ import annotations
@@ -26,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adadsr_jax.data.images import IMAGE_EXTENSIONS, ImageError, load_image, save_png
+from adadsr_jax.data.images import IMAGE_EXTENSIONS, ImageError, list_images, load_image, save_png
 
 _GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 @dataclasses.dataclass
@@ -45,13 +47,15 @@ class InputImage:
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files from files and folders (folders: their images, not recursive, sorted).
 
-    Raises FileNotFoundError naming a missing path, ValueError when nothing is found.
+    A file named twice (directly, through a folder, or through another spelling of its path) is kept
+    once, at its first position. Raises FileNotFoundError naming a missing path, ValueError when nothing
+    is found.
     """
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            found = list_images(p)
             if not found:
                 raise ValueError(f"{p}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
@@ -61,19 +65,55 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"{p}: no such file or folder")
     if not files:
         raise ValueError("no input images given")
-    return files
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _output_name(f: Path, level: int) -> str:
+    """Output stem of input f at disambiguation level 0 (stem), 1 (+ extension), 2 (+ parent folder)."""
+    ext = f.suffix.lstrip(".").lower()
+    if level == 0:
+        return f.stem
+    if level == 1:
+        return f"{f.stem}_{ext}"
+    return f"{f.resolve().parent.name}_{f.stem}_{ext}"
 
 
 def output_paths(files: Sequence[Path], out: Path, scale: int) -> list[Path]:
-    """<out>/<stem>_x<scale>.png per input (the extension joins the stem when two inputs share one).
+    """<out>/<name>_x<scale>.png per input, one distinct file per input.
 
-    Raises ValueError when an output would overwrite one of the inputs.
+    name is the input's stem; inputs whose names collide (compared case-insensitively, as on macOS and
+    Windows file systems) get the extension added (x.png, x.jpg -> x_png, x_jpg), and if they still
+    collide the parent folder's name too (a/x.png, b/x.png -> a_x_png, b_x_png). Deterministic: the
+    name depends only on the set of inputs. Raises ValueError, before anything runs, when two inputs
+    cannot be told apart this way (x.png and x.PNG in one folder) or when an output would overwrite one
+    of the inputs.
     """
-    stems = [f.stem for f in files]
-    paths = []
-    for f, stem in zip(files, stems, strict=True):
-        name = stem if stems.count(stem) == 1 else f"{stem}_{f.suffix.lstrip('.').lower()}"
-        paths.append(out / f"{name}_x{scale}.png")
+    levels = [0] * len(files)
+    while True:
+        names = [_output_name(f, lv) for f, lv in zip(files, levels, strict=True)]
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(name.casefold(), []).append(i)
+        clashes = [idx for idx in groups.values() if len(idx) > 1]
+        if not clashes:
+            break
+        for idx in clashes:
+            if any(levels[i] == 2 for i in idx):
+                which = ", ".join(str(files[i]) for i in idx)
+                raise ValueError(
+                    f"inputs {which} would all be written as {names[idx[0]]}_x{scale}.png; "
+                    "rename one of them or upscale them into different --out folders"
+                )
+            for i in idx:
+                levels[i] += 1
+    paths = [out / f"{name}_x{scale}.png" for name in names]
     inputs = {f.resolve() for f in files}
     for f, p in zip(files, paths, strict=True):
         for q in (p, p.with_name(p.stem + "_depth.png")):

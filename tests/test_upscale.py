@@ -115,3 +115,23 @@ def test_budget_picks_the_searched_depth(setup, tmp_path, capsys):
     assert found.met and found.macs <= 0.9 * found.dense_macs
     want = metrics.quantize(p.predict(setup["rgb"], found.desired_depth).sr)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "odd_x2.png")), want)
+
+
+def test_colliding_output_names_are_disambiguated_or_refused(tmp_path):
+    from adadsr_jax.upscale import collect_inputs, output_paths
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.png").write_bytes(b"")
+    (tmp_path / "a" / "x.jpg").write_bytes(b"")
+    (tmp_path / "a" / "y.png").write_bytes(b"")
+    a, b = tmp_path / "a", tmp_path / "b"
+    # The same file named directly, through its folder and through another spelling is kept once.
+    files = collect_inputs([a / "x.png", a, b, str(a / ".." / "a" / "x.png")])
+    assert files == [a / "x.png", a / "x.jpg", a / "y.png", b / "x.png"]
+    outs = output_paths(files, tmp_path / "out", 2)
+    assert [p.name for p in outs] == ["a_x_png_x2.png", "x_jpg_x2.png", "y_x2.png", "b_x_png_x2.png"]
+    assert len({p.name.casefold() for p in outs}) == len(outs)
+    # Same stem, extensions differing only in case, one folder: no deterministic name tells them apart.
+    with pytest.raises(ValueError, match="would all be written as"):
+        output_paths([a / "x.png", a / "x.PNG"], tmp_path / "out", 2)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "decode_image", "load_image", "save_png"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "decode_image", "list_images", "load_image", "save_png"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -33,6 +33,17 @@ _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 class ImageError(ValueError):
     """An image file that cannot be used: corrupt, unsupported bit depth, wrong size, ..."""
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in `folder` (extension in IMAGE_EXTENSIONS, any case), sorted by name.
+
+    Not recursive; may be empty. Raises FileNotFoundError naming the folder when it does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _is_wide(im: Image.Image) -> bool:
