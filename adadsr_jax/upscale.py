@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -233,6 +234,9 @@ def run(args) -> list[Path]:
     from adadsr_jax.evaluation.runner import colorize_depth
     from adadsr_jax.training.checkpoints import load_model
 
+    # Same check and message as evaluate.py's --depths, before anything is loaded.
+    if args.depth is not None and not (math.isfinite(args.depth) and args.depth >= 0):
+        raise ValueError(f"bad --depth {str(args.depth)!r}: expected non-negative numbers")
     budget = parse_budget(args.budget) if args.budget else None
     files = collect_inputs(args.inputs)
     model, _ = load_model(args.workdir or args.checkpoint, which=args.which)

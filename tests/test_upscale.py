@@ -135,3 +135,13 @@ def test_colliding_output_names_are_disambiguated_or_refused(tmp_path):
     # Same stem, extensions differing only in case, one folder: no deterministic name tells them apart.
     with pytest.raises(ValueError, match="would all be written as"):
         output_paths([a / "x.png", a / "x.PNG"], tmp_path / "out", 2)
+
+
+@pytest.mark.parametrize("depth", ["-1", "nan"])
+def test_bad_depth_refused_before_loading(setup, tmp_path, capsys, depth):
+    odd = str(setup["src"] / "odd.png")
+    # A missing checkpoint shows the depth is checked first, as evaluate.py checks --depths.
+    assert main([odd, "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path), "--depth", depth]) == 2
+    err = capsys.readouterr().err
+    assert f"bad --depth '{float(depth)}': expected non-negative numbers" in err
+    assert not list(tmp_path.iterdir())
