@@ -3,8 +3,8 @@
 `Predictor` wraps an AdaDSR model for evaluation and for upscaling a user's images:
   * the desired depth is a runtime (traced) scalar, so a depth sweep or a budget search reuses the
     compiled function of an input shape instead of recompiling per depth;
-  * dense or sparse execution (`sparse=True` needs the model's sparse path; without it the predictor
-    falls back to dense and says so in `mode`);
+  * dense or sparse execution (`sparse=True` runs the adaptive model's sparse path; a plain backbone
+    has no adapter and always runs dense, which `mode` says);
   * optional tiled inference for large images: the LR image is cut into tiles of `tile` x `tile`
     pixels, each run with `overlap` pixels of real context on every side that is not an image border,
     and only the tile's own pixels are kept. All windows have one shape (one compile). When the overlap
@@ -12,18 +12,16 @@
     pools over the whole input, so for RCAN models tiling is an approximation (as in the release's chop);
   * optional x8 self-ensemble (flips and transpose of the LR input, outputs mapped back and averaged);
   * latency: a warm-up run (compilation) is excluded, then the median of `repeats` timed runs.
-MACs: when the model's aux carries "macs"/"dense_macs" (the MAC counter), they are summed over every
-forward that ran (tiles with their overlap, ensemble members); otherwise they are None (never guessed).
+MACs: the model's aux "macs"/"dense_macs" (executed and dense multiply-accumulates) are summed over
+every forward that ran (tiles with their overlap, ensemble members).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 
 import jax
@@ -40,22 +38,17 @@ class Prediction:
 
     sr: [s*h, s*w, 3] float32 0..255 (unclipped, unquantised); depth_map: [h, w, G] float32;
     mean_depth: mean over pixels and maps of ceil(clip(depth_map, 0, D)) (the release's statistic);
-    macs / dense_macs: executed and dense multiply-accumulates over all forwards run, or None when the
-    model does not count them; latency_ms: median forward time (None unless timed).
+    macs / dense_macs: executed and dense multiply-accumulates over all forwards run;
+    latency_ms: median forward time (None unless timed).
     """
 
     sr: np.ndarray
     depth_map: np.ndarray
     mean_depth: float
-    macs: float | None
-    dense_macs: float | None
+    macs: float
+    dense_macs: float
     latency_ms: float | None = None
     desired_depth: float | None = None
-
-
-def supports_sparse(model: AdaDSR) -> bool:
-    """Whether the model's __call__ accepts `sparse=` (the sparse-inference path is installed)."""
-    return "sparse" in inspect.signature(model.__call__).parameters
 
 
 def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -121,13 +114,8 @@ class Predictor:
             raise ValueError(f"tile must be a positive number of LR pixels, got {tile}")
         if overlap < 0:
             raise ValueError(f"overlap must be >= 0, got {overlap}")
-        self.sparse = bool(sparse and supports_sparse(model))
-        if sparse and not self.sparse:
-            warnings.warn(
-                "sparse execution requested but this model has no sparse path; running dense",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        # A plain backbone has no depth map to skip by: it always runs dense, whatever was asked.
+        self.sparse = bool(sparse and model.config.adaptive)
         self.mode = "sparse" if self.sparse else "dense"
         graphdef, state = nnx.split(model)
         self._state = state
@@ -136,11 +124,12 @@ class Predictor:
         def forward(state, lr, desired_depth):
             m = nnx.merge(graphdef, state)
             sr, aux = m(lr, desired_depth=desired_depth, **extra)
-            out = {"sr": sr, "depth_map": aux["depth_map"]}
-            for key in ("macs", "dense_macs"):
-                if key in aux:
-                    out[key] = jnp.asarray(aux[key], jnp.float32)
-            return out
+            return {
+                "sr": sr,
+                "depth_map": aux["depth_map"],
+                "macs": jnp.asarray(aux["macs"], jnp.float32),
+                "dense_macs": jnp.asarray(aux["dense_macs"], jnp.float32),
+            }
 
         # One compile per input shape: the desired depth is a traced float32 scalar.
         self._forward = jax.jit(forward)
@@ -192,11 +181,8 @@ class Predictor:
         return sr, dmap
 
     @staticmethod
-    def _sum_macs(all_runs: list[list[tuple[tuple, dict]]], key: str) -> float | None:
-        outs = [out for runs in all_runs for _, out in runs]
-        if not all(key in out for out in outs):
-            return None
-        return float(sum(float(np.asarray(out[key]).sum()) for out in outs))
+    def _sum_macs(all_runs: list[list[tuple[tuple, dict]]], key: str) -> float:
+        return float(sum(float(np.asarray(out[key]).sum()) for runs in all_runs for _, out in runs))
 
     def _collect(self, lr: np.ndarray, all_runs: list[list[tuple[tuple, dict]]]) -> Prediction:
         ks = range(8) if self.self_ensemble else [0]
@@ -249,7 +235,7 @@ class Predictor:
             times.append((time.perf_counter() - t0) * 1e3)
         return float(statistics.median(times))
 
-    def macs_at(self, lr: np.ndarray, desired_depth: float) -> tuple[float | None, float | None]:
+    def macs_at(self, lr: np.ndarray, desired_depth: float) -> tuple[float, float]:
         """(executed, dense) MACs of predicting `lr` at `desired_depth`, without assembling outputs."""
         all_runs = self._dispatch_all(np.asarray(lr, np.float32), self._depth_arg(desired_depth))
         return self._sum_macs(all_runs, "macs"), self._sum_macs(all_runs, "dense_macs")
@@ -323,25 +309,20 @@ def budget_depth(predictor: Predictor, lr: np.ndarray, budget: tuple[str, float]
     """Per-image desired depth meeting a MACs budget (see parse_budget) by a monotone search over d.
 
     The executed MACs grow with d (deeper maps run more blocks at more pixels), so bisection finds the
-    largest d whose MACs are within the target. Needs the model's MAC counter (aux "macs").
+    largest d whose MACs are within the target.
     """
     if not predictor.adaptive:
         raise ValueError(
             "a MACs budget needs an adaptive model (AdaEDSR/AdaRCAN): a plain backbone has one cost"
         )
     macs_max, dense = predictor.macs_at(lr, predictor.max_depth)
-    if macs_max is None or dense is None:
-        raise ValueError(
-            "a MACs budget needs MAC counts, but this model's outputs carry no aux['macs'] "
-            "(the sparse-inference MAC counter is not installed)"
-        )
     kind, value = budget
     target = value * dense if kind == "fraction" else value * 2.0**30
     cache: dict[float, float] = {predictor.max_depth: macs_max}
 
     def cost(d: float) -> float:
         if d not in cache:
-            cache[d] = float(predictor.macs_at(lr, d)[0])
+            cache[d] = predictor.macs_at(lr, d)[0]
         return cache[d]
 
     d, macs, met, n = search_depth(cost, target, lo=0.0, hi=float(predictor.max_depth))
