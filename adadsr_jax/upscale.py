@@ -270,11 +270,11 @@ def run(args) -> list[Path]:
         if args.save_depth_map:
             colour = colorize_depth(pred.depth_map, predictor.max_depth, upscale=scale)
             save_png(out.with_name(out.stem + "_depth.png"), colour)
-        g = gmacs(pred.macs)
         d_txt = "-" if pred.desired_depth is None else f"{pred.desired_depth:.3g}"
         print(
             f"{path} -> {out} ({final.shape[1]}x{final.shape[0]}), desired depth {d_txt}, "
-            f"mean depth {pred.mean_depth:.2f}" + ("" if g is None else f", {g:.2f} GMACs"),
+            f"mean depth {pred.mean_depth:.2f}, {gmacs(pred.macs):.2f} executed GMACs "
+            f"({pred.release_gmacs:.2f} as the release counts)",
             flush=True,
         )
     if failed:

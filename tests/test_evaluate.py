@@ -113,16 +113,23 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
         if run["method"] == "model":
             assert run["mean"]["latency_ms"] > 0 and 0 <= run["mean"]["mean_depth"] <= 3
             assert 0 < run["mean"]["gmacs"] <= run["mean"]["dense_gmacs"]
+            assert run["mean"]["release_gmacs"] == pytest.approx(
+                np.mean([im["release_gmacs"] for im in run["images"]]), rel=1e-12
+            )
             for im in run["images"]:
                 assert 0 < im["macs"] <= im["dense_macs"]
+                assert im["release_gmacs"] > 0
                 if run["budget"] is not None:
                     assert im["budget_met"] and im["macs"] <= im["budget_target_macs"]
                     assert im["budget_target_macs"] == pytest.approx(0.9 * im["dense_macs"])
+    assert "executed GMACs" in doc["settings"]["macs_unit"] and "release" in doc["settings"]["macs_unit"]
     md = (out / "results.md").read_text()
+    assert "Set5 executed GMACs | Set5 release GMACs |" in md and "as the AdaDSR release counts" not in md
     assert md.count("_Protocol: Y channel") == 1 and "| adaedsr_tiny (d=3) | x2 |" in md
     assert "| Bicubic | x2 |" in md and "Urban100 (generated LR, 1 images)" in md
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
+    assert all(float(r["release_gmacs"]) > 0 for r in rows if r["method"] == "model")
     assert len(rows) == 16 + 4 * (2 + 1 + 1 + 1)  # a MEAN row per run plus one row per image
 
 
@@ -307,3 +314,22 @@ def test_budget_mode_meets_its_target(counting_predictor):
 def test_bad_budget_refused():
     with pytest.raises(ValueError, match="bad budget"):
         parse_budget("1.5")
+
+
+def test_release_gmacs_is_the_release_count_of_the_depth_map(tiny_model):
+    from adadsr_jax.macs import release_gmacs
+
+    lr = np.random.default_rng(7).integers(0, 256, size=(12, 14, 3)).astype(np.uint8)
+    for d in (0.5, 2.0, 3.0):
+        pred = Predictor(tiny_model).predict(lr, d)
+        want = release_gmacs(tiny_model.config, S, pred.depth_map[None])[0]
+        assert pred.release_gmacs == pytest.approx(want, rel=1e-12) and want > 0
+    # x8 self-ensemble runs eight forwards: the figure is the sum over the eight transformed inputs.
+    members = []
+    for k in range(4):
+        for flip in (False, True):
+            x = np.rot90(lr, k)
+            x = np.ascontiguousarray(x[:, ::-1] if flip else x)
+            members.append(Predictor(tiny_model).predict(x, 2.0).release_gmacs)
+    ens = Predictor(tiny_model, self_ensemble=True).predict(lr, 2.0)
+    assert ens.release_gmacs == pytest.approx(sum(members), rel=1e-9)

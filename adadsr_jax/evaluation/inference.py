@@ -13,7 +13,9 @@
   * optional x8 self-ensemble (flips and transpose of the LR input, outputs mapped back and averaged);
   * latency: a warm-up run (compilation) is excluded, then the median of `repeats` timed runs.
 MACs: the model's aux "macs"/"dense_macs" (executed and dense multiply-accumulates) are summed over
-every forward that ran (tiles with their overlap, ensemble members).
+every forward that ran (tiles with their overlap, ensemble members). `release_gmacs` is the AdaDSR
+release's FLOPs figure (adadsr_jax.macs.release_gmacs) of the whole-image depth map, summed over the
+ensemble members: the number to compare with the paper's tables.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from adadsr_jax.macs import release_gmacs
 from adadsr_jax.models.network import AdaDSR
 
 
@@ -39,6 +42,7 @@ class Prediction:
     sr: [s*h, s*w, 3] float32 0..255 (unclipped, unquantised); depth_map: [h, w, G] float32;
     mean_depth: mean over pixels and maps of ceil(clip(depth_map, 0, D)) (the release's statistic);
     macs / dense_macs: executed and dense multiply-accumulates over all forwards run;
+    release_gmacs: the release's figure (units of 2^30) for the whole image's depth map(s);
     latency_ms: median forward time (None unless timed).
     """
 
@@ -47,6 +51,7 @@ class Prediction:
     mean_depth: float
     macs: float
     dense_macs: float
+    release_gmacs: float
     latency_ms: float | None = None
     desired_depth: float | None = None
 
@@ -203,6 +208,11 @@ class Predictor:
             mean_depth=float(np.mean(executed)),
             macs=self._sum_macs(all_runs, "macs"),
             dense_macs=self._sum_macs(all_runs, "dense_macs"),
+            # The release counts whole images (its chop overlap aside): one figure per ensemble member's
+            # stitched map, in the member's orientation (the dense part depends only on h * w).
+            release_gmacs=float(
+                sum(release_gmacs(self.config, self.scale, np.asarray(m)[None])[0] for m in dmaps)
+            ),
         )
 
     # ------------------------------------------------------------------ public API

@@ -7,12 +7,14 @@ results.json schema ("adadsr-eval/1"), documented in docs/evaluation.md:
                 "macs_unit", "depths", "budgets"},
    "datasets": [{"name", "scale", "layout", "lr_source", "root", "num_images"}],
    "runs": [{"dataset", "scale", "method", "label", "desired_depth", "budget",
-             "mean": {"psnr_y", "ssim_y", "psnr_rgb", "mean_depth", "gmacs", "dense_gmacs", "latency_ms"},
+             "mean": {"psnr_y", "ssim_y", "psnr_rgb", "mean_depth", "gmacs", "dense_gmacs",
+                      "release_gmacs", "latency_ms"},
              "images": [{"name", "hr_height", "hr_width", "desired_depth", "psnr_y", "ssim_y", "psnr_rgb",
-                         "mean_depth", "macs", "dense_macs", "latency_ms", "budget_target_macs",
-                         "budget_met"}]}]}
-Absent quantities (MACs without the counter, latency without timing, depth for bicubic) are null; an
-infinite PSNR (identical images) is the string "inf".
+                         "mean_depth", "macs", "dense_macs", "release_gmacs", "latency_ms",
+                         "budget_target_macs", "budget_met"}]}]}
+gmacs / dense_gmacs are what inference executes (MACS_UNIT); release_gmacs is the AdaDSR release's
+FLOPs figure, the one the paper's tables report. Absent quantities (MACs and depth for bicubic, latency
+without timing) are null; an infinite PSNR (identical images) is the string "inf".
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from adadsr_jax import metrics
 from adadsr_jax.evaluation.runner import IMAGE_FIELDS, RunResult, finite_or_none, setting_slug
 
 SCHEMA = "adadsr-eval/1"
-MACS_UNIT = "GMACs = 2^30 multiply-accumulates per image, as the AdaDSR release counts"
+MACS_UNIT = (
+    "gmacs / dense_gmacs: executed GMACs, the MACs sparse inference runs (dilation included; conv "
+    "multiply-accumulates only), units of 2^30 per image; release_gmacs: the AdaDSR release's count "
+    "(units of 2^30; no dilation, bias/ReLU/residual adds included), the figure to compare with the paper"
+)
 
 
 def _clean(obj):
@@ -84,6 +90,7 @@ def write_csv(path: str | Path, runs: Sequence[RunResult]) -> Path:
                 "mean_depth": m["mean_depth"],
                 "macs": None if m["gmacs"] is None else m["gmacs"] * 2.0**30,
                 "dense_macs": None if m["dense_gmacs"] is None else m["dense_gmacs"] * 2.0**30,
+                "release_gmacs": m["release_gmacs"],
                 "latency_ms": m["latency_ms"],
             }
             writer.writerow(lead + [_cell(mean_row.get(k)) for k in IMAGE_FIELDS])
@@ -162,15 +169,19 @@ def markdown_tables(runs: Sequence[RunResult], *, datasets: Sequence[dict] = ())
             "",
             f"### Cost (GMACs per image, latency ms, mean executed depth), x{scale}",
             "",
-            "_GMACs are executed multiply-accumulates in units of 2^30 (the release's convention; '-' "
-            "where the model has no MAC counter); latency is the median of timed repeats after a warm-up "
-            "run; mean depth is the mean over pixels of ceil(clip(depth map, 0, D))._",
+            "_Executed GMACs: the MACs sparse inference runs, dilation included, units of 2^30. Release "
+            "GMACs: the AdaDSR release's count of the same depth maps (no dilation; bias, ReLU and "
+            "residual adds included), units of 2^30: the figure to compare with the paper. Latency is the "
+            "median of timed repeats after a warm-up run; mean depth is the mean over pixels of "
+            "ceil(clip(depth map, 0, D))._",
             "",
         ]
         out.append(
-            "| Method | Scale | " + " | ".join(f"{n} GMACs | {n} ms | {n} depth" for n in names) + " |"
+            "| Method | Scale | "
+            + " | ".join(f"{n} executed GMACs | {n} release GMACs | {n} ms | {n} depth" for n in names)
+            + " |"
         )
-        out.append("|---|---|" + "---:|---:|---:|" * len(names))
+        out.append("|---|---|" + "---:|---:|---:|---:|" * len(names))
         for method, label in _settings_in_order(sruns):
             if method == "bicubic":
                 continue
@@ -180,6 +191,7 @@ def markdown_tables(runs: Sequence[RunResult], *, datasets: Sequence[dict] = ())
                 m = r.mean() if r else {}
                 cells += [
                     _fmt(m.get("gmacs"), 4, "g"),
+                    _fmt(m.get("release_gmacs"), 4, "g"),
                     _fmt(m.get("latency_ms"), 1),
                     _fmt(m.get("mean_depth"), 2),
                 ]
@@ -197,8 +209,7 @@ def write_markdown(path: str | Path, runs: Sequence[RunResult], *, datasets: Seq
 def plot_psnr_vs_gmacs(path: str | Path, runs: Sequence[RunResult], *, dataset: str, scale: int) -> Path:
     """PSNR-Y against executed GMACs over the depth sweep of one set (the paper's Fig. 5 shape).
 
-    Points are labelled with their setting. Without MAC counts the x axis is the mean executed depth
-    instead (and says so). A dashed vertical line marks the dense network's GMACs.
+    Points are labelled with their setting. A dashed vertical line marks the dense network's GMACs.
     """
     import matplotlib
 
@@ -208,10 +219,7 @@ def plot_psnr_vs_gmacs(path: str | Path, runs: Sequence[RunResult], *, dataset: 
     sruns = [r for r in runs if r.dataset == dataset and r.scale == scale]
     model_runs = [r for r in sruns if r.method == "model"]
     means = [r.mean() for r in model_runs]
-    use_macs = bool(means) and all(m["gmacs"] is not None for m in means)
-    xkey, xlabel = (
-        ("gmacs", "GMACs per image (2^30 MACs)") if use_macs else ("mean_depth", "mean executed depth")
-    )
+    xkey, xlabel = "gmacs", "executed GMACs per image (2^30 MACs)"
     fig, ax = plt.subplots(figsize=(5.0, 3.8), dpi=120)
     sweep = [(m[xkey], m["psnr_y"], r) for m, r in zip(means, model_runs, strict=True) if r.budget is None]
     budget = [
@@ -227,7 +235,7 @@ def plot_psnr_vs_gmacs(path: str | Path, runs: Sequence[RunResult], *, dataset: 
     # The dense cost of the same network, for reference (the bicubic PSNR is left out: far below a trained
     # model, it would flatten the curve; it is in the tables).
     dense = [m["dense_gmacs"] for m in means if m["dense_gmacs"] is not None]
-    if use_macs and dense:
+    if dense:
         ax.axvline(max(dense), color="gray", linestyle="--", linewidth=1, label="dense network")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("PSNR-Y (dB)")
