@@ -75,10 +75,21 @@ def test_matches_float64_reference(scale: float) -> None:
     np.testing.assert_allclose(got_f, ref, rtol=0, atol=1e-9)
     got_u8 = imresize(img, scale)
     assert got_u8.dtype == np.uint8
-    expected = np.clip(np.round(ref), 0, 255)
+    expected = np.floor(np.clip(ref, 0, 255) + 0.5)  # MATLAB uint8(): halves away from zero
     assert np.abs(got_u8.astype(np.int64) - expected).max() <= 1
     # Rounding is at the end only, so it can only differ on exact .5 ties of float noise.
     assert np.mean(got_u8 == expected) > 0.99
+
+
+def test_exact_half_rounds_up_like_matlab_uint8() -> None:
+    # x2 upscaling puts output column 6 at input x = 3.75 (1-based): taps 76, 123, 108, 103 at distances
+    # 1.75, 0.75, 0.25, 1.25 with Keys weights -3/128, 29/128, 111/128, -9/128 -> exactly 112.5.
+    row = np.array([20, 76, 123, 108, 103, 7], dtype=np.uint8)
+    img = np.tile(row, (4, 1))
+    want = (-3 * 76 + 29 * 123 + 111 * 108 - 9 * 103) / 128
+    assert want == 112.5
+    assert np.all(imresize(img.astype(np.float64), 2.0)[:, 6] == 112.5)
+    assert np.all(imresize(img, 2.0)[:, 6] == 113)  # numpy's half-to-even would give 112
 
 
 def test_gray_2d_and_multichannel_agree() -> None:

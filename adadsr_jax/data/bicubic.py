@@ -8,8 +8,8 @@ Per axis (rows first, then columns), each output sample ``i`` (1-based) reads in
 ``u = i / s + 0.5 * (1 - 1 / s)`` through the Keys cubic kernel (a = -0.5). When downscaling (s < 1) the
 kernel is stretched to ``s * k(s * x)`` (support 4 / s) so it also low-pass filters. Weights of one output
 sample are normalised to sum to 1; taps that fall outside the image are mirrored with the edge pixel
-repeated (``numpy.pad(mode="symmetric")``). The whole computation is float64; uint8 input is rounded and
-clipped to uint8 once, at the end.
+repeated (``numpy.pad(mode="symmetric")``). The whole computation is float64; uint8 input is rounded (halves
+away from zero, as MATLAB's uint8()) and clipped to uint8 once, at the end.
 
 Implementation: per axis we precompute the [out, taps] index and weight matrices (cached per (length, scale))
 and turn them into a sparse [out, in] matrix, applied as one scipy.sparse matmul per axis: O(out * taps)
@@ -114,7 +114,8 @@ def imresize(image: np.ndarray, scale: float) -> np.ndarray:
       scale: positive factor, e.g. 1/2 to halve, 4 to quadruple.
 
     Returns:
-      [ceil(H*scale), ceil(W*scale)(, C)]: uint8 (rounded, clipped to 0..255) for uint8 input, otherwise
+      [ceil(H*scale), ceil(W*scale)(, C)]: uint8 (clipped to 0..255, halves rounded up as MATLAB's
+      uint8() does) for uint8 input, otherwise
       float64 values unrounded and unclipped.
     """
     image = np.asarray(image)
@@ -127,7 +128,9 @@ def imresize(image: np.ndarray, scale: float) -> np.ndarray:
     x = _resize_rows(x.transpose(1, 0, 2), scale).transpose(1, 0, 2)  # then columns
     x = np.ascontiguousarray(x).reshape(x.shape[:2] + image.shape[2:])
     if image.dtype == np.uint8:
-        return np.clip(np.round(x), 0, 255).astype(np.uint8)
+        # MATLAB's uint8() rounds halves away from zero (np.round would round 112.5 to 112, to even);
+        # after clipping every value is >= 0, so floor(x + 0.5) is exactly that.
+        return np.floor(np.clip(x, 0.0, 255.0) + 0.5).astype(np.uint8)
     return x
 
 
