@@ -16,7 +16,8 @@ class ModelConfig:
 
     num_blocks is per group for RCAN. adapter_features=None gives the plain backbone (every mask one).
     depth_loss_weight is lambda of the depth loss; train_depth_range is the U(lo, hi) the desired depth
-    is drawn from during training.
+    is drawn from during training. scan_unroll: unroll the scans over residual blocks (None: on CPU only,
+    where XLA runs their gradients far slower rolled; see layers.resolve_scan_unroll).
     """
 
     backbone: Backbone
@@ -29,6 +30,7 @@ class ModelConfig:
     depth_input: DepthInput = "output"
     depth_loss_weight: float = 0.0
     train_depth_range: tuple[float, float] = (0.0, 0.0)
+    scan_unroll: bool | None = None
 
     def __post_init__(self):
         if self.backbone not in ("edsr", "rcan"):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adadsr_jax.kernels.stack import sparse_edsr_stack, use_dense_stack
-from adadsr_jax.models.layers import StackedConv, conv2d
+from adadsr_jax.models.layers import StackedConv, conv2d, resolve_scan_unroll
 from adadsr_jax.models.masks import block_mask
 
 
@@ -18,9 +18,18 @@ class EDSRBody(nnx.Module):
     block axis: layer0.kernel [D, 3, 3, C, C], layer0.bias [D, C], and the same for layer2.
     """
 
-    def __init__(self, num_blocks: int, features: int, *, res_scale: float, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_blocks: int,
+        features: int,
+        *,
+        res_scale: float,
+        scan_unroll: bool | None = None,
+        rngs: nnx.Rngs,
+    ):
         self.num_blocks = num_blocks
         self.res_scale = res_scale
+        self.scan_unroll = scan_unroll
         self.layer0 = StackedConv((num_blocks,), features, features, rngs=rngs)
         self.layer2 = StackedConv((num_blocks,), features, features, rngs=rngs)
 
@@ -58,7 +67,9 @@ class EDSRBody(nnx.Module):
         )
 
         def dense(x):
-            return jax.lax.scan(block, x, (*params, jnp.arange(self.num_blocks, dtype=jnp.float32)))[0]
+            indices = jnp.arange(self.num_blocks, dtype=jnp.float32)
+            unroll = resolve_scan_unroll(self.scan_unroll)
+            return jax.lax.scan(block, x, (*params, indices), unroll=unroll)[0]
 
         if not (sparse and depth_map is not None):
             return dense(x)

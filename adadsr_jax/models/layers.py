@@ -102,6 +102,16 @@ class StackedDense(nnx.Module):
         self.bias = nnx.Param(init(rngs.params(), (*stack_shape, out_features)))
 
 
+def resolve_scan_unroll(scan_unroll: bool | None) -> bool:
+    """Whether the residual-stack scans unroll: `None` means yes on CPU, no elsewhere.
+
+    Measured on XLA:CPU (jax 0.10): the gradient of the convolutions inside a rolled `lax.scan` runs
+    about 65x slower than unrolled (adaedsr_small, batch 16 of 32x32: 34 s vs 0.53 s per step), while the
+    forward pass is unaffected. On GPU the rolled loop keeps compile time independent of depth.
+    """
+    return jax.default_backend() == "cpu" if scan_unroll is None else bool(scan_unroll)
+
+
 def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
     """PyTorch's PixelShuffle in NHWC.
 

@@ -29,7 +29,9 @@ class AdaDSR(nnx.Module):
         c = config.num_features
         self.head = Conv(3, c, rngs=rngs)
         if config.backbone == "edsr":
-            self.body = EDSRBody(config.num_blocks, c, res_scale=config.res_scale, rngs=rngs)
+            self.body = EDSRBody(
+                config.num_blocks, c, res_scale=config.res_scale, scan_unroll=config.scan_unroll, rngs=rngs
+            )
         else:
             self.body = RCANBody(
                 config.num_groups,
@@ -37,6 +39,7 @@ class AdaDSR(nnx.Module):
                 c,
                 reduction=config.reduction,
                 res_scale=config.res_scale,
+                scan_unroll=config.scan_unroll,
                 rngs=rngs,
             )
         self.body_lastconv = Conv(c, c, rngs=rngs)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adadsr_jax.kernels.stack import sparse_rcan_group, use_dense_stack
-from adadsr_jax.models.layers import StackedConv, StackedDense, conv2d
+from adadsr_jax.models.layers import StackedConv, StackedDense, conv2d, resolve_scan_unroll
 from adadsr_jax.models.masks import block_mask
 
 
@@ -40,10 +40,12 @@ class RCANBody(nnx.Module):
         *,
         reduction: int,
         res_scale: float,
+        scan_unroll: bool | None = None,
         rngs: nnx.Rngs,
     ):
         self.num_groups = num_groups
         self.num_blocks = num_blocks
+        self.scan_unroll = scan_unroll
         self.res_scale = res_scale
         stack = (num_groups, num_blocks)
         self.layer0 = StackedConv(stack, features, features, rngs=rngs)
@@ -84,7 +86,7 @@ class RCANBody(nnx.Module):
                 return h + res_scale * channel_attention(residual, dk, db, uk, ub), None
 
             def dense(x):
-                return jax.lax.scan(block, x, (*blocks, block_indices))[0]
+                return jax.lax.scan(block, x, (*blocks, block_indices), unroll=unroll)[0]
 
             def sparse_blocks(x):
                 return sparse_rcan_group(x, group_depth, blocks, res_scale=res_scale, backend=sparse_backend)
@@ -112,9 +114,13 @@ class RCANBody(nnx.Module):
                 self.ca_up.bias,
             )
         )
+        unroll = resolve_scan_unroll(self.scan_unroll)
         # One [N, h, w, 1] map per group, scanned along the group axis.
         group_depths = None if depth_map is None else jnp.moveaxis(depth_map, -1, 0)[..., None]
         x, _ = jax.lax.scan(
-            group, x, (blocks, self.group_end.kernel[...], self.group_end.bias[...], group_depths)
+            group,
+            x,
+            (blocks, self.group_end.kernel[...], self.group_end.bias[...], group_depths),
+            unroll=unroll,
         )
         return x
