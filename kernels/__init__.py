@@ -7,6 +7,8 @@ from adadsr_jax.kernels.dispatch import (
     dense_conv3x3_padded,
     dense_threshold_for,
     sparse_conv3x3,
+    threshold_for,
+    uses_pallas,
 )
 from adadsr_jax.kernels.layout import (
     PaddedLayout,
@@ -39,5 +41,7 @@ __all__ = [
     "sparse_conv3x3",
     "sparse_conv3x3_jax",
     "sparse_conv3x3_pallas",
+    "threshold_for",
     "to_padded_flat",
+    "uses_pallas",
 ]

@@ -43,6 +43,24 @@ def default_backend() -> str:
     return "pallas" if jax.default_backend() == "gpu" else "jax"
 
 
+def uses_pallas(cin: int, cout: int, platform: str | None = None) -> bool:
+    """Whether "auto" runs the Pallas kernel for a Cin -> Cout conv on `platform` (a JAX backend name,
+    "gpu" / "cpu" / "tpu"; default `jax.default_backend()`): a GPU and channels the Triton kernel takes."""
+    platform = jax.default_backend() if platform is None else platform
+    return platform == "gpu" and pallas_supported(cin, cout)
+
+
+def threshold_for(cin: int, cout: int, platform: str | None = None) -> float:
+    """The dense-crossover active fraction "auto" uses for a Cin -> Cout conv on `platform` (default
+    `jax.default_backend()`): the GPU table when the Pallas kernel runs it, else the CPU (JAX path) table.
+
+    The single source of this decision for the per-conv dispatcher and the stack-level switch
+    (`kernels.stack.use_dense_stack`), so both agree, e.g. a GPU conv with C=48 (not a power of two)
+    runs the JAX path and uses the CPU crossover.
+    """
+    return dense_threshold_for("gpu" if uses_pallas(cin, cout, platform) else "cpu", cin)
+
+
 def dense_conv3x3_padded(
     src: jax.Array,
     dst: jax.Array,
@@ -99,7 +117,7 @@ def sparse_conv3x3(
     Epilogues: "relu" (a block's first conv), "residual" (dst + coef * conv, the second conv; pixels
     not in the list keep dst, the block's identity), "masked" (coef * conv), "none".
     backend: "auto" (Pallas on GPU, JAX elsewhere, dense above `dense_threshold` active fraction, which
-    defaults to the measured crossover for Cin, DENSE_THRESHOLD), or force "pallas", "jax" or "dense".
+    defaults to `threshold_for(Cin, Cout)`), or force "pallas", "jax" or "dense".
     """
     kwargs = dict(epilogue=epilogue, coef=coef)
     args = (src, dst, rows, count, kernel, bias, layout)
@@ -112,13 +130,12 @@ def sparse_conv3x3(
     if backend != "auto":
         raise ValueError(f"backend must be 'auto', 'pallas', 'jax' or 'dense', got {backend!r}")
 
-    platform = default_backend()
     cin, cout = kernel.shape[2], kernel.shape[3]
-    if platform == "pallas" and pallas_supported(cin, cout):
-        sparse_impl, key = sparse_conv3x3_pallas, "gpu"
+    if uses_pallas(cin, cout):
+        sparse_impl = sparse_conv3x3_pallas
     else:
-        sparse_impl, key = functools.partial(sparse_conv3x3_jax, tile=tile), "cpu"
-    threshold = dense_threshold_for(key, cin) if dense_threshold is None else dense_threshold
+        sparse_impl = functools.partial(sparse_conv3x3_jax, tile=tile)
+    threshold = threshold_for(cin, cout) if dense_threshold is None else dense_threshold
     if threshold >= 1.0:
         return sparse_impl(*args, **kwargs)
 

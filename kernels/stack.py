@@ -22,7 +22,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from adadsr_jax.kernels.dispatch import Backend, default_backend, dense_threshold_for, sparse_conv3x3
+from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3, threshold_for
 from adadsr_jax.kernels.layout import (
     PaddedLayout,
     active_list,
@@ -44,13 +44,18 @@ def stack_levels(depth_map: jax.Array, num_blocks: int) -> tuple[jax.Array, jax.
 
 
 def use_dense_stack(
-    depth_map: jax.Array, num_blocks: int, channels: int, threshold: float | None = None
+    depth_map: jax.Array,
+    num_blocks: int,
+    channels: int,
+    threshold: float | None = None,
+    platform: str | None = None,
 ) -> jax.Array:
     """bool []: whether the stack's executed pixel-blocks (both convs, dilation included) exceed
-    `threshold` (default: the measured crossover for this platform and channel count) of the dense
-    stack's."""
+    `threshold` of the dense stack's. The default threshold is `threshold_for(C, C, platform)`, the one
+    the per-conv dispatcher uses for the stack's convs (platform: a JAX backend name, default the
+    current one)."""
     if threshold is None:
-        threshold = dense_threshold_for("gpu" if default_backend() == "pallas" else "cpu", channels)
+        threshold = threshold_for(channels, channels, platform)
     levels, dilated = stack_levels(depth_map, num_blocks)
     executed = (levels.sum() + dilated.sum()).astype(jnp.float32)
     return executed > threshold * 2 * num_blocks * levels.size

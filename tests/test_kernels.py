@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from adadsr_jax.kernels import (
     active_list,
+    dense_threshold_for,
     dilate3x3,
     from_padded_flat,
     layout_of,
@@ -15,8 +16,11 @@ from adadsr_jax.kernels import (
     sparse_conv3x3,
     sparse_conv3x3_jax,
     sparse_conv3x3_pallas,
+    threshold_for,
     to_padded_flat,
+    uses_pallas,
 )
+from adadsr_jax.kernels.stack import use_dense_stack
 from scipy import ndimage
 
 
@@ -144,6 +148,20 @@ def test_dispatcher_branches_agree(backend, threshold):
     )
     ref = reference(X, DST, mask, K, B, "residual", SOFT)
     np.testing.assert_allclose(np.asarray(from_padded_flat(out, LAYOUT)), ref, rtol=1e-5, atol=2e-5)
+
+
+def test_threshold_for_non_power_of_two_channels():
+    """On a GPU, C=48 has no Triton kernel: the conv runs the JAX path, so the dispatcher and the stack
+    switch both use the CPU crossover for C=48 (0.5), not the GPU estimate (0.6); C=64 uses the GPU one."""
+    assert not uses_pallas(48, 48, "gpu") and uses_pallas(64, 64, "gpu") and not uses_pallas(64, 64, "cpu")
+    assert threshold_for(48, 48, "gpu") == dense_threshold_for("cpu", 48) == 0.5
+    assert threshold_for(64, 64, "gpu") == dense_threshold_for("gpu", 64) == 0.6
+    assert threshold_for(64, 64, "cpu") == 0.5
+    # A constant depth 11 of 20 blocks executes 55% of the stack: between the two crossovers.
+    depth = jnp.full((1, 4, 4, 1), 11.0)
+    assert bool(use_dense_stack(depth, 20, 48, platform="gpu"))
+    assert bool(use_dense_stack(depth, 20, 48, platform="cpu"))
+    assert not bool(use_dense_stack(depth, 20, 64, platform="gpu"))
 
 
 def test_nested_order_prefixes_are_block_lists():
