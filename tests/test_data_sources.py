@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adadsr_jax.data.bicubic import downscale
-from adadsr_jax.data.images import ImageError, save_png
+from adadsr_jax.data.bicubic import downscale, make_lr, mod_crop
+from adadsr_jax.data.images import ImageError, list_images, save_png
 from adadsr_jax.data.pipeline import TrainBatches
 from adadsr_jax.data.sources import (
     DEMO_TRAIN_PHOTOS,
@@ -18,7 +18,6 @@ from adadsr_jax.data.sources import (
     demo_source,
     folder_source,
     make_source,
-    mod_crop,
     tfds_source,
 )
 
@@ -240,3 +239,21 @@ def test_tfds_errors(tfds_dir, tmp_path: Path) -> None:
         bad.lr_size(0)
     with pytest.raises(ImageError, match=r"div2k/bicubic_x2/train/0: LR size"):
         bad[0]
+
+
+def test_shared_helpers_mod_crop_make_lr_list_images(tmp_path: Path) -> None:
+    hr = _hr(25, 31, seed=7)
+    assert mod_crop(hr, 1).shape == hr.shape
+    np.testing.assert_array_equal(mod_crop(hr, 4), hr[:24, :28])
+    lr, hr_c = make_lr(hr, 4)
+    np.testing.assert_array_equal(hr_c, hr[:24, :28])
+    np.testing.assert_array_equal(lr, downscale(hr[:24, :28], 4))
+    with pytest.raises(ValueError, match="smaller than the scale 4"):
+        make_lr(hr[:3], 4)
+    # One listing for every folder reader: image extensions in any case, sorted, files only.
+    for name in ("b.PNG", "a.jpg", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d.png").mkdir()
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG"]
+    with pytest.raises(FileNotFoundError, match="folder not found"):
+        list_images(tmp_path / "missing")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from adadsr_jax.data.bicubic import downscale
+from adadsr_jax.data.bicubic import downscale, mod_crop
 from adadsr_jax.data.images import save_png
-from adadsr_jax.evaluation.datasets import DatasetNotFoundError, canonical_name, find_dataset, mod_crop
+from adadsr_jax.evaluation.datasets import DatasetNotFoundError, canonical_name, find_dataset
 
 S = 2
 

@@ -134,6 +134,25 @@ def imresize(image: np.ndarray, scale: float) -> np.ndarray:
     return x
 
 
+def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
+    """Crop [H, W, ...] to [H - H % scale, W - W % scale, ...] (top-left kept), as SR benchmarks do."""
+    h, w = image.shape[0] - image.shape[0] % scale, image.shape[1] - image.shape[1] % scale
+    return image[:h, :w]
+
+
+def make_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark LR of an HR image: (downscale(mod_crop(hr)), mod_crop(hr)).
+
+    hr: uint8 [H, W, 3]; returns (lr uint8 [H // s, W // s, 3], hr uint8 [s * (H // s), s * (W // s), 3]).
+    Raises ValueError when the HR image is smaller than `scale` on a side.
+    """
+    scale = _int_factor(scale)
+    hr = mod_crop(hr, scale)
+    if hr.shape[0] == 0 or hr.shape[1] == 0:
+        raise ValueError(f"HR image {hr.shape} is smaller than the scale {scale}")
+    return downscale(hr, scale), hr
+
+
 def downscale(hr: np.ndarray, factor: int) -> np.ndarray:
     """Bicubic LR image: ``imresize(hr, 1 / factor)``; [H, W(, C)] -> [ceil(H/f), ceil(W/f)(, C)]."""
     return imresize(hr, 1.0 / _int_factor(factor))

@@ -5,7 +5,7 @@ docs/evaluation.md; the command line is evaluate.py (adadsr_jax.evaluation.cli).
 from adadsr_jax.evaluation.datasets import BenchmarkSet, DatasetNotFoundError, find_dataset
 from adadsr_jax.evaluation.inference import Prediction, Predictor, budget_depth, parse_budget
 from adadsr_jax.evaluation.reports import write_all
-from adadsr_jax.evaluation.runner import ImageRecord, RunResult, evaluate_pairs, evaluate_set
+from adadsr_jax.evaluation.runner import ImageRecord, RunResult, evaluate_set
 
 __all__ = [
     "BenchmarkSet",
@@ -15,7 +15,6 @@ __all__ = [
     "Predictor",
     "RunResult",
     "budget_depth",
-    "evaluate_pairs",
     "evaluate_set",
     "find_dataset",
     "parse_budget",

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adadsr_jax.data.images import IMAGE_EXTENSIONS, load_image
+from adadsr_jax.data.bicubic import make_lr
+from adadsr_jax.data.images import IMAGE_EXTENSIONS, list_images, load_image
 
 # Canonical names and the folder names each may have in the wild.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -87,7 +88,7 @@ class BenchmarkSet(Sequence):
         item = self.items[index]
         hr = load_image(item.hr_path)
         if item.lr_path is None:
-            return LoadedPair(item.name, *generate_lr(hr, self.scale))
+            return LoadedPair(item.name, *make_lr(hr, self.scale))
         lr = load_image(item.lr_path)
         return LoadedPair(item.name, lr, match_hr(hr, lr, self.scale, item))
 
@@ -105,22 +106,6 @@ class BenchmarkSet(Sequence):
             "root": self.root,
             "num_images": len(self),
         }
-
-
-def mod_crop(hr: np.ndarray, scale: int) -> np.ndarray:
-    """Crop [H, W, C] to the largest multiple of `scale` on each axis, keeping the top-left."""
-    h, w = hr.shape[:2]
-    return hr[: h - h % scale, : w - w % scale]
-
-
-def generate_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(lr, mod-cropped hr) with lr = MATLAB imresize(hr, 1/scale, 'bicubic') as uint8."""
-    from adadsr_jax.data.bicubic import downscale
-
-    hr = mod_crop(hr, scale)
-    if hr.shape[0] == 0 or hr.shape[1] == 0:
-        raise ValueError(f"HR image {hr.shape} is smaller than the scale {scale}")
-    return downscale(hr, scale), hr
 
 
 def match_hr(hr: np.ndarray, lr: np.ndarray, scale: int, item: ImageItem) -> np.ndarray:
@@ -146,10 +131,6 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def _child(parent: Path, names: Sequence[str]) -> Path | None:
     """The first existing sub-folder of `parent` whose name matches one of `names` (case-insensitive)."""
     if not parent.is_dir():
@@ -173,7 +154,7 @@ def _find_lr(folder: Path, stem: str) -> Path | None:
 def _paired(hr_dir: Path, lr_dir: Path, lr_stem, strip) -> list[ImageItem]:
     """Pair every HR image with its LR file; a missing LR file is an error naming it."""
     items = []
-    for hr in _images(hr_dir):
+    for hr in list_images(hr_dir):
         stem = hr.stem
         lr = _find_lr(lr_dir, lr_stem(stem))
         if lr is None:
@@ -185,7 +166,7 @@ def _paired(hr_dir: Path, lr_dir: Path, lr_stem, strip) -> list[ImageItem]:
 
 
 def _hr_only(hr_dir: Path, strip=lambda s: s) -> list[ImageItem]:
-    return [ImageItem(strip(p.stem), p, None) for p in _images(hr_dir)]
+    return [ImageItem(strip(p.stem), p, None) for p in list_images(hr_dir)]
 
 
 def _strip_suffix(stem: str, suffix: str) -> str:
@@ -222,27 +203,29 @@ def find_dataset(name: str, data_root: str | os.PathLike | None, *, scale: int) 
 
     hr_only_candidates: list[tuple[str, Path, object]] = []
 
+    def edsr_like(layout: str, parent: Path | None, hr_name: str, lr_name: str) -> BenchmarkSet | None:
+        """<parent>/<hr_name>/x.png + <parent>/<lr_name>/X{s}/x{s}x.png (EDSR sets and DIV2K alike)."""
+        searched.append(f"{parent}/{hr_name} + {lr_name}/X{s}")
+        hr_dir = _child(parent, [hr_name]) if parent else None
+        if not hr_dir:
+            return None
+        lr_dir = _child(parent, [lr_name])
+        lr_dir = _child(lr_dir, [f"X{s}"]) if lr_dir else None
+        if lr_dir:
+            return result(layout, _paired(hr_dir, lr_dir, lambda t: f"{t}x{s}", lambda t: t), hr_dir)
+        hr_only_candidates.append(("hr_only", hr_dir, lambda t: t))
+        return None
+
     # 1. EDSR layout (also under <root>/benchmark), and DIV2K's flat folders.
     for base in (root, root / "benchmark"):
-        set_dir = _child(base, names)
-        hr_dir = _child(set_dir, ["HR"]) if set_dir else None
-        searched.append(f"{base}/{names[0]}/HR + LR_bicubic/X{s}")
-        if hr_dir:
-            lr_dir = _child(set_dir, ["LR_bicubic"])
-            lr_dir = _child(lr_dir, [f"X{s}"]) if lr_dir else None
-            if lr_dir:
-                return result("edsr", _paired(hr_dir, lr_dir, lambda t: f"{t}x{s}", lambda t: t), hr_dir)
-            hr_only_candidates.append(("hr_only", hr_dir, lambda t: t))
+        found = edsr_like("edsr", _child(base, names) or base / names[0], "HR", "LR_bicubic")
+        if found:
+            return found
     if canon == "DIV2K":
         for base in (root, root / "DIV2K"):
-            hr_dir = _child(base, ["DIV2K_valid_HR"])
-            searched.append(f"{base}/DIV2K_valid_HR + DIV2K_valid_LR_bicubic/X{s}")
-            if hr_dir:
-                lr_dir = _child(base, ["DIV2K_valid_LR_bicubic"])
-                lr_dir = _child(lr_dir, [f"X{s}"]) if lr_dir else None
-                if lr_dir:
-                    return result("div2k", _paired(hr_dir, lr_dir, lambda t: f"{t}x{s}", lambda t: t), hr_dir)
-                hr_only_candidates.append(("hr_only", hr_dir, lambda t: t))
+            found = edsr_like("div2k", base, "DIV2K_valid_HR", "DIV2K_valid_LR_bicubic")
+            if found:
+                return found
 
     # 2. RCAN / AdaDSR layout.
     hr_set = _child(root / "HR", names)
@@ -272,7 +255,7 @@ def find_dataset(name: str, data_root: str | os.PathLike | None, *, scale: int) 
         layout, folder, strip = hr_only_candidates[0]
         return result(layout, _hr_only(folder, strip), folder)
     searched.append(f"{root}/{names[0]}/*.png (HR only)")
-    if set_dir and _images(set_dir):
+    if set_dir and list_images(set_dir):
         return result("hr_only", _hr_only(set_dir), set_dir)
 
     raise DatasetNotFoundError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -271,31 +271,6 @@ def _model_record(name: str, pred, hr: np.ndarray, scale: int) -> ImageRecord:
         release_gmacs=pred.release_gmacs,
         latency_ms=pred.latency_ms,
     )
-
-
-def evaluate_pairs(
-    predictor: Predictor,
-    pairs: Iterable,
-    *,
-    dataset: str,
-    desired_depth: float | None = None,
-    prefix: str = "val",
-) -> Iterator[tuple[str, float]]:
-    """Validation helper: yields ("val/<dataset>/psnr_y", v), ... for pairs (name, lr, hr) at one depth.
-
-    No timing, no bicubic row, no files; for the training loop's validation step.
-    """
-    run = evaluate_set(
-        predictor,
-        list(pairs),
-        dataset=dataset,
-        model_label="model",
-        depths=[desired_depth],
-        bicubic=False,
-        repeats=0,
-        progress=False,
-    )[0]
-    yield from run.metric_pairs(prefix)
 
 
 def default_depths(max_depth: int, adaptive: bool) -> list[float | None]:
