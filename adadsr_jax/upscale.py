@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-depth-map", action="store_true", help="also write <stem>_x<s>_depth.png")
     p.add_argument("--tile", type=int, default=256, help="LR tile size for large images (0: never tile)")
     p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of context around each tile")
-    p.add_argument("--sparse", action="store_true", help="sparse execution (needs the sparse path)")
+    p.add_argument("--sparse", action="store_true", help="sparse execution (plain backbones run dense)")
     p.add_argument("--self-ensemble", action="store_true", help="x8 self-ensemble")
     p.add_argument("--convert-16bit", action="store_true", help="convert 16-bit input as round(x / 257)")
     return p

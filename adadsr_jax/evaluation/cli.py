@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         action="append",
         default=[],
-        help="MACs budget per image, searched per image: a fraction of dense (0.5 or 50%%) or GMACs (12.5G); "
-        "repeatable",
+        help="MACs budget per image, searched per image: a fraction of dense (0.5 or 50%%) or executed "
+        "GMACs (12.5G); repeatable",
     )
-    p.add_argument("--sparse", action="store_true", help="sparse execution (needs the sparse path)")
+    p.add_argument("--sparse", action="store_true", help="sparse execution (plain backbones run dense)")
     p.add_argument("--tile", type=int, help="tiled inference: LR tile size in pixels (default: whole image)")
     p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of context around each tile")
     p.add_argument("--self-ensemble", action="store_true", help="x8 self-ensemble (flips and transpose)")

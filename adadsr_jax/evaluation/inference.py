@@ -357,5 +357,5 @@ def budget_depth(predictor: Predictor, lr: np.ndarray, budget: tuple[str, float]
 
 
 def gmacs(macs: float | None) -> float | None:
-    """MACs -> GMACs in units of 2^30, as the release's counter reports them; None stays None."""
+    """MACs -> GMACs in units of 2^30 (the release's unit); None (no MACs, e.g. bicubic) stays None."""
     return None if macs is None or math.isnan(macs) else macs / 2.0**30
