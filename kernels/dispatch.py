@@ -108,6 +108,7 @@ def sparse_conv3x3(
     backend: Backend = "auto",
     dense_threshold: float | None = None,
     tile: int = DEFAULT_TILE,
+    interpret: bool = False,
 ) -> jax.Array:
     """3x3 SAME conv of src at rows[:count], written into dst with a fused epilogue.
 
@@ -118,13 +119,15 @@ def sparse_conv3x3(
     not in the list keep dst, the block's identity), "masked" (coef * conv), "none".
     backend: "auto" (Pallas on GPU, JAX elsewhere, dense above `dense_threshold` active fraction, which
     defaults to `threshold_for(Cin, Cout)`), or force "pallas", "jax" or "dense".
+    interpret: run the Pallas kernel (when it is the one chosen) with the Pallas interpreter, on any
+    backend: how CPU tests exercise the Pallas path.
     """
     kwargs = dict(epilogue=epilogue, coef=coef)
     args = (src, dst, rows, count, kernel, bias, layout)
     if backend == "dense":
         return dense_conv3x3_padded(*args, **kwargs)
     if backend == "pallas":
-        return sparse_conv3x3_pallas(*args, **kwargs)
+        return sparse_conv3x3_pallas(*args, **kwargs, interpret=interpret)
     if backend == "jax":
         return sparse_conv3x3_jax(*args, **kwargs, tile=tile)
     if backend != "auto":
@@ -132,7 +135,7 @@ def sparse_conv3x3(
 
     cin, cout = kernel.shape[2], kernel.shape[3]
     if uses_pallas(cin, cout):
-        sparse_impl = sparse_conv3x3_pallas
+        sparse_impl = functools.partial(sparse_conv3x3_pallas, interpret=interpret)
     else:
         sparse_impl = functools.partial(sparse_conv3x3_jax, tile=tile)
     threshold = threshold_for(cin, cout) if dense_threshold is None else dense_threshold

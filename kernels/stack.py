@@ -96,11 +96,13 @@ def sparse_edsr_stack(
     res_scale: float,
     backend: Backend = "auto",
     index_mode: IndexMode = "nested",
+    interpret: bool = False,
 ) -> jax.Array:
     """EDSR blocks `x + res_scale * m_l * conv(relu(conv(x)))` computed sparsely.
 
     x: [N, h, w, C]; depth_map: [N, h, w, 1]; params: kernels [D, 3, 3, C, C], biases [D, C] of the first
     and second convs. Returns [N, h, w, C], equal to the dense masked stack up to float rounding.
+    backend: as `sparse_conv3x3`; interpret: run the Pallas kernel in the interpreter (CPU tests).
     """
     k0, b0, k1, b1 = params
     num_blocks = k0.shape[0]
@@ -115,10 +117,22 @@ def sparse_edsr_stack(
         xf, hf = carry
         k0, b0, k1, b1, index = p
         rows_dil, count_dil, rows_act, count_act = block_lists(plan, index)
-        hf = sparse_conv3x3(xf, hf, rows_dil, count_dil, k0, b0, layout, epilogue="relu", backend=backend)
+        hf = sparse_conv3x3(
+            xf, hf, rows_dil, count_dil, k0, b0, layout, epilogue="relu", backend=backend, interpret=interpret
+        )
         coef = res_scale * jnp.clip(plan["depth"] - index.astype(jnp.float32), 0.0, 1.0)
         xf = sparse_conv3x3(
-            hf, xf, rows_act, count_act, k1, b1, layout, epilogue="residual", coef=coef, backend=backend
+            hf,
+            xf,
+            rows_act,
+            count_act,
+            k1,
+            b1,
+            layout,
+            epilogue="residual",
+            coef=coef,
+            backend=backend,
+            interpret=interpret,
         )
         return (xf, hf), None
 
@@ -141,6 +155,7 @@ def sparse_rcan_group(
     res_scale: float,
     backend: Backend = "auto",
     index_mode: IndexMode = "nested",
+    interpret: bool = False,
 ) -> jax.Array:
     """The B blocks of one RCAN group, `h + res_scale * CA(m_l * conv(relu(conv(h))))`, computed sparsely
     (the group-end conv and group skip are the caller's).
@@ -149,6 +164,7 @@ def sparse_rcan_group(
     bias [B, C], layer2 kernel/bias, ca_down kernel [B, C, C/r], bias [B, C/r], ca_up kernel [B, C/r, C],
     bias [B, C]. The masked residual is zero off the active set, so CA's global average pool is the sum
     over active rows divided by h * w. A block with no active pixel in the batch is skipped entirely.
+    backend: as `sparse_conv3x3`; interpret: run the Pallas kernel in the interpreter (CPU tests).
     """
     k0, b0, k1, b1, dk, db, uk, ub = params
     num_blocks = k0.shape[0]
@@ -162,7 +178,9 @@ def sparse_rcan_group(
         xf, hf = carry
         k0, b0, k1, b1, dk, db, uk, ub, index = p
         rows_dil, count_dil, rows_act, count_act = block_lists(plan, index)
-        hf = sparse_conv3x3(xf, hf, rows_dil, count_dil, k0, b0, layout, epilogue="relu", backend=backend)
+        hf = sparse_conv3x3(
+            xf, hf, rows_dil, count_dil, k0, b0, layout, epilogue="relu", backend=backend, interpret=interpret
+        )
         mask = jnp.clip(plan["depth"] - index.astype(jnp.float32), 0.0, 1.0)
         rf = sparse_conv3x3(
             hf,
@@ -175,6 +193,7 @@ def sparse_rcan_group(
             epilogue="masked",
             coef=mask,
             backend=backend,
+            interpret=interpret,
         )
         pooled = rf[: layout.trash_row].reshape(n, layout.image_rows, c).sum(axis=1) / (h * w)
         hidden = jax.nn.relu(pooled @ dk.astype(pooled.dtype) + db.astype(pooled.dtype))
