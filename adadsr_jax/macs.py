@@ -22,6 +22,7 @@ import numpy as np
 
 from adadsr_jax.models.config import ModelConfig
 from adadsr_jax.models.layers import upsampler_stages
+from adadsr_jax.models.masks import executed_depth, executed_levels
 
 
 def _taps(h: int, w: int, skip_padding: bool) -> int:
@@ -74,13 +75,6 @@ def block_macs_per_pixel(config: ModelConfig) -> int:
     return 9 * config.num_features**2
 
 
-def executed_levels(depth_map: jax.Array, max_depth: int) -> tuple[jax.Array, jax.Array]:
-    """Blocks each pixel's second and first convs run: (ceil(clip(d, 0, D)), its 3x3 max), [N, h, w, G]."""
-    levels = jnp.ceil(jnp.clip(depth_map, 0.0, max_depth))
-    dilated = jax.lax.reduce_window(levels, 0.0, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
-    return levels, dilated
-
-
 def executed_macs(config: ModelConfig, scale: int, depth_map: jax.Array | None) -> jax.Array:
     """MACs per image sparse inference executes for depth_map [N, h, w, G] (None: the dense network).
 
@@ -122,7 +116,7 @@ def release_gmacs(config: ModelConfig, scale: int, depth_map: np.ndarray | jax.A
     d = np.asarray(depth_map, np.float64)
     _, h, w, _ = d.shape
     c = config.num_features
-    levels = np.ceil(np.clip(d, 0.0, config.max_depth)).sum(axis=(1, 2, 3))  # active pixel-blocks
+    levels = executed_depth(d, config.max_depth).sum(axis=(1, 2, 3))  # active pixel-blocks (numpy f64)
     per_active = 2 * 9 * c * c + 4 * c
     other = 0.0
     for name, lh, lw, ci, co, cnt in conv_layers(config, scale, h, w):

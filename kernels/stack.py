@@ -33,14 +33,16 @@ from adadsr_jax.kernels.layout import (
     to_padded_flat,
 )
 
+from adadsr_jax.models.masks import executed_levels
+
 IndexMode = Literal["nested", "per_block"]
 
 
 def stack_levels(depth_map: jax.Array, num_blocks: int) -> tuple[jax.Array, jax.Array]:
-    """(levels, dilated levels) int32 [N, h, w] for one stack's depth map [N, h, w, 1]."""
-    levels = jnp.ceil(jnp.clip(depth_map[..., 0], 0.0, num_blocks))
-    dilated = jax.lax.reduce_window(levels, 0.0, jax.lax.max, (1, 3, 3), (1, 1, 1), "SAME")
-    return levels.astype(jnp.int32), dilated.astype(jnp.int32)
+    """(levels, dilated levels) int32 [N, h, w] for one stack's depth map [N, h, w, 1]
+    (`models.masks.executed_levels`, the definition the MACs count uses too)."""
+    levels, dilated = executed_levels(depth_map, num_blocks)
+    return levels[..., 0].astype(jnp.int32), dilated[..., 0].astype(jnp.int32)
 
 
 def use_dense_stack(

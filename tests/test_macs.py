@@ -4,10 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from adadsr_jax.kernels.stack import stack_levels
 from flax import nnx
+from scipy import ndimage
 
 from adadsr_jax.macs import ca_mlp_macs, dense_macs, executed_macs, release_gmacs
 from adadsr_jax.models import create_model, get_model_config
+from adadsr_jax.models.masks import executed_depth, executed_levels
 
 
 @pytest.mark.parametrize(("scale", "per_pixel"), [(2, 40_732_416), (3, 43_716_096), (4, 50_252_544)])
@@ -52,6 +55,24 @@ def test_executed_macs_by_hand():
     )
     release = other_ops + 4 * (2 * per_conv_pixel + 4 * 8)
     assert release_gmacs(config, 2, HAND_DEPTH)[0] == pytest.approx(release / 2**30, rel=1e-12)
+
+
+def test_executed_levels_one_definition():
+    """executed_levels (MACs, sparse stacks) against scipy: ceil(clip(d, 0, D)) and its 3x3 max with zero
+    borders; the stacks' int32 lists use the same values; numpy input stays numpy float64."""
+    d = np.random.RandomState(5).randn(2, 6, 5, 2) * 2 + 1.5
+    levels, dilated = executed_levels(jnp.asarray(d, jnp.float32), 3)
+    want = np.ceil(np.clip(d, 0, 3))
+    np.testing.assert_array_equal(np.asarray(levels), want)
+    np.testing.assert_array_equal(
+        np.asarray(dilated), ndimage.maximum_filter(want, size=(1, 3, 3, 1), mode="constant", cval=0)
+    )
+    stack_l, stack_d = stack_levels(jnp.asarray(d[..., 1:], jnp.float32), 3)
+    np.testing.assert_array_equal(np.asarray(stack_l), np.asarray(levels)[..., 1])
+    np.testing.assert_array_equal(np.asarray(stack_d), np.asarray(dilated)[..., 1])
+    host = executed_depth(d, 3)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float64
+    np.testing.assert_array_equal(host, want)
 
 
 def test_model_aux_macs():
