@@ -12,12 +12,14 @@ Index lists, `index_mode`:
 - "per_block": `jnp.nonzero` of each block's mask (raster order), two per block.
 
 `use_dense_stack` is the stack-level switch of the "auto" backend: when the whole stack's executed
-fraction is above the measured threshold, the caller runs its dense masked stack instead (no layout
-conversions, no index building), so "auto" is never much slower than dense.
+fraction is above the measured threshold, `run_sparse_stack` (which the EDSR and RCAN bodies call) runs
+the caller's dense masked stack instead (no layout conversions, no index building), so "auto" is never
+much slower than dense.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -61,6 +63,26 @@ def use_dense_stack(
     levels, dilated = stack_levels(depth_map, num_blocks)
     executed = (levels.sum() + dilated.sum()).astype(jnp.float32)
     return executed > threshold * 2 * num_blocks * levels.size
+
+
+def run_sparse_stack(
+    x: jax.Array,
+    depth_map: jax.Array,
+    num_blocks: int,
+    *,
+    dense: Callable[[jax.Array], jax.Array],
+    sparse: Callable[[jax.Array], jax.Array],
+    backend: Backend,
+) -> jax.Array:
+    """A model body's stack with sparse=True: `sparse(x)` for a forced backend; for "auto", `dense(x)`
+    (the caller's dense masked stack) when `use_dense_stack` says most of the stack executes anyway,
+    else `sparse(x)`, chosen by `lax.cond` at run time (no recompile when the depth changes).
+
+    x: [N, h, w, C]; depth_map: [N, h, w, 1] (this stack's map); dense, sparse: [N, h, w, C] -> same.
+    """
+    if backend != "auto":
+        return sparse(x)
+    return jax.lax.cond(use_dense_stack(depth_map, num_blocks, x.shape[-1]), dense, sparse, x)
 
 
 def make_plan(depth_map: jax.Array, num_blocks: int, index_mode: IndexMode) -> dict[str, jax.Array]:

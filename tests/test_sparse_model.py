@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from adadsr_jax.kernels.stack import sparse_edsr_stack
+from adadsr_jax.kernels.stack import run_sparse_stack, sparse_edsr_stack
 from flax import nnx
 from skimage import data
 
@@ -88,3 +88,16 @@ def test_per_block_lists_equal_nested():
     a = sparse_edsr_stack(x, depth, params, res_scale=1.0, backend="jax", index_mode="nested")
     b = sparse_edsr_stack(x, depth, params, res_scale=1.0, backend="jax", index_mode="per_block")
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_run_sparse_stack_switch():
+    """The bodies' shared "auto" switch: dense when the whole stack executes, sparse when none of it does
+    (one compiled function for both), and always sparse for a forced backend."""
+    x = jnp.zeros((1, 4, 4, 8))
+    branches = {"dense": lambda x: x + 1.0, "sparse": lambda x: x + 2.0}
+    pick = jax.jit(lambda depth: run_sparse_stack(x, depth, 3, **branches, backend="auto"))
+    full, empty = jnp.full((1, 4, 4, 1), 3.0, jnp.float32), jnp.zeros((1, 4, 4, 1), jnp.float32)
+    assert float(pick(full)[0, 0, 0, 0]) == 1.0
+    assert float(pick(empty)[0, 0, 0, 0]) == 2.0
+    assert pick._cache_size() == 1
+    assert float(run_sparse_stack(x, full, 3, **branches, backend="jax")[0, 0, 0, 0]) == 2.0

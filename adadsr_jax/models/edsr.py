@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adadsr_jax.kernels.stack import sparse_edsr_stack, use_dense_stack
+from adadsr_jax.kernels.stack import run_sparse_stack, sparse_edsr_stack
 from adadsr_jax.models.layers import StackedConv, conv2d, resolve_scan_unroll
 from adadsr_jax.models.masks import block_mask
 
@@ -77,7 +77,6 @@ class EDSRBody(nnx.Module):
         def sparse_stack(x):
             return sparse_edsr_stack(x, depth_map, params, res_scale=res_scale, backend=sparse_backend)
 
-        if sparse_backend != "auto":
-            return sparse_stack(x)
-        # "auto": the dense stack when most of it executes anyway (decided at run time, no recompile).
-        return jax.lax.cond(use_dense_stack(depth_map, self.num_blocks, x.shape[-1]), dense, sparse_stack, x)
+        return run_sparse_stack(
+            x, depth_map, self.num_blocks, dense=dense, sparse=sparse_stack, backend=sparse_backend
+        )

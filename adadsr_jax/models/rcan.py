@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adadsr_jax.kernels.stack import sparse_rcan_group, use_dense_stack
+from adadsr_jax.kernels.stack import run_sparse_stack, sparse_rcan_group
 from adadsr_jax.models.layers import StackedConv, StackedDense, conv2d, resolve_scan_unroll
 from adadsr_jax.models.masks import block_mask
 
@@ -91,14 +91,12 @@ class RCANBody(nnx.Module):
             def sparse_blocks(x):
                 return sparse_rcan_group(x, group_depth, blocks, res_scale=res_scale, backend=sparse_backend)
 
-            if not sparse:
-                h = dense(x)
-            elif sparse_backend != "auto":
-                h = sparse_blocks(x)
+            if sparse:
+                h = run_sparse_stack(
+                    x, group_depth, self.num_blocks, dense=dense, sparse=sparse_blocks, backend=sparse_backend
+                )
             else:
-                # "auto": the dense group when most of it executes anyway (a run-time switch).
-                go_dense = use_dense_stack(group_depth, self.num_blocks, x.shape[-1])
-                h = jax.lax.cond(go_dense, dense, sparse_blocks, x)
+                h = dense(x)
             return x + conv2d(h, end_kernel, end_bias), None
 
         blocks = tuple(
