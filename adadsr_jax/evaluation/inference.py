@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from adadsr_jax.macs import release_gmacs
+from adadsr_jax.models.masks import executed_depth
 from adadsr_jax.models.network import AdaDSR
 
 
@@ -210,7 +211,7 @@ class Predictor:
         dmap = np.mean(dmaps, axis=0) if len(dmaps) > 1 else dmaps[0]
         # Mean executed depth of the release: ceil(clip(d, 0, D)) averaged over pixels and maps. With an
         # ensemble this is the mean over the members' maps (each member executes its own map).
-        executed = [np.ceil(np.clip(m, 0.0, self.max_depth)).mean() for m in dmaps]
+        executed = [executed_depth(m, self.max_depth).mean() for m in dmaps]
         return Prediction(
             sr=sr,
             depth_map=dmap.astype(np.float32),
