@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -50,11 +49,9 @@ class MetricWriter:
 
 
 def _number(v) -> float | int:
+    """Python int/float of a numpy/JAX scalar; NaN/Inf stay (json writes NaN/Infinity)."""
     v = v.item() if hasattr(v, "item") else v
-    if isinstance(v, bool | int):
-        return int(v)
-    v = float(v)
-    return v if math.isfinite(v) else float(v)  # NaN/Inf stay as such (json writes NaN/Infinity)
+    return int(v) if isinstance(v, bool | int) else float(v)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
