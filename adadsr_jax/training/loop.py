@@ -265,7 +265,16 @@ def train(
             # so it needs no global arrays: a one-device mesh replaces the data mesh meanwhile.
             eval_mesh = parallel.data_mesh([jax.local_devices()[0]])
 
-            def run_validation() -> dict[str, float]:
+            def ensure_finite_params(at: int) -> None:
+                if not bool(all_finite(params)):
+                    raise NonFiniteLossError(
+                        f"the parameters became NaN/Inf by step {at}; not saving them. The last good "
+                        f"checkpoint is {_describe_checkpoint(manager, last_saved)}."
+                    )
+
+            def run_validation(at: int) -> dict[str, float]:
+                # Checked first: validating NaN parameters would fail inside the metrics instead.
+                ensure_finite_params(at)
                 with jax.set_mesh(eval_mesh):
                     return validate(eval_fn, parallel.local_copy(params), vset, depths)
 
@@ -285,11 +294,7 @@ def train(
                 nonlocal last_saved
                 if at == last_saved:
                     return
-                if not bool(all_finite(params)):
-                    raise NonFiniteLossError(
-                        f"the parameters became NaN/Inf by step {at}; not saving them. The last good "
-                        f"checkpoint is {_describe_checkpoint(manager, last_saved)}."
-                    )
+                ensure_finite_params(at)
                 meta = {
                     "step": at,
                     "rng_key": np.asarray(jax.random.key_data(base_key)).tolist(),
@@ -351,7 +356,7 @@ def train(
                     writer.write(step, "train", values)
                     pbar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2g}", refresh=False)
                 if do_eval:
-                    validation, val_step = run_validation(), step
+                    validation, val_step = run_validation(step), step
                     writer.write(step, "valid", validation)
                     pbar.write(_validation_line(step, validation, depths))
                 if do_save:
@@ -371,7 +376,7 @@ def train(
             else:
                 save(step, validation if val_step == step else None)
                 if val_step != step:
-                    validation, val_step = run_validation(), step
+                    validation, val_step = run_validation(step), step
                     writer.write(step, "valid", validation)
                 writer.write(step, "final", validation)
                 say(_summary(validation, depths, vset, mcfg["name"], scale))
