@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adadsr_jax.masks import executed_depth, executed_levels
 from adadsr_jax.models.config import ModelConfig
 from adadsr_jax.models.layers import upsampler_stages
-from adadsr_jax.models.masks import executed_depth, executed_levels
 
 
 def _taps(h: int, w: int, skip_padding: bool) -> int:
@@ -90,8 +90,12 @@ def executed_macs(config: ModelConfig, scale: int, depth_map: jax.Array | None) 
     return rest + float(block_macs_per_pixel(config)) * pixel_blocks
 
 
-def model_macs(config: ModelConfig, scale: int, lr_shape: tuple[int, ...], depth_map: jax.Array | None):
-    """(executed, dense) MACs per image as float32 [N] arrays, for aux["macs"] and aux["dense_macs"]."""
+def model_macs(
+    config: ModelConfig, scale: int, lr_shape: tuple[int, ...], depth_map: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """(executed, dense) MACs per image as float32 [N] arrays for a forward on `lr_shape` [N, h, w, 3]
+    whose adapter gave `depth_map` [N, h, w, G] (a model's aux["depth_map"]; None or a plain backbone:
+    dense). Traceable: call it inside the caller's jit, next to the forward."""
     n, h, w = lr_shape[0], lr_shape[1], lr_shape[2]
     dense = jnp.full((n,), float(dense_macs(config, scale, h, w)), jnp.float32)
     if depth_map is None or not config.adaptive:

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
+
 from adadsr_jax.kernels import (
     active_list,
     dilate3x3,
@@ -30,7 +32,7 @@ from adadsr_jax.kernels import (
     sparse_conv3x3,
     to_padded_flat,
 )
-from scipy import ndimage
+from adadsr_jax.macs import model_macs
 
 
 def load() -> str:
@@ -205,7 +207,8 @@ def run_model_table(args) -> list[dict]:
     for d in depths:
         dd = jnp.float32(d)
         sr_dense, aux = dense(state, lr, dd)
-        macs_ratio = float(aux["macs"][0] / aux["dense_macs"][0])
+        macs, dense_macs = (float(v[0]) for v in model_macs(model.config, 2, lr.shape, aux["depth_map"]))
+        macs_ratio = macs / dense_macs
         errs = {b: float(jnp.abs(f(state, lr, dd)[0] - sr_dense).max()) for b, f in sparse.items()}
         fns = {"dense": lambda dd=dd: dense(state, lr, dd)[0]}
         fns |= {b: (lambda f=f, dd=dd: f(state, lr, dd)[0]) for b, f in sparse.items()}
@@ -215,8 +218,8 @@ def run_model_table(args) -> list[dict]:
             "lr_size": s,
             "desired_depth": d,
             "mean_depth": float(aux["mean_depth"][0]),
-            "macs": float(aux["macs"][0]),
-            "dense_macs": float(aux["dense_macs"][0]),
+            "macs": macs,
+            "dense_macs": dense_macs,
             "macs_ratio": macs_ratio,
             "ms": t,
             "time_ratio": {b: t[b] / t["dense"] for b in sparse},
@@ -237,7 +240,7 @@ def run_model_table(args) -> list[dict]:
 
 def run_index_table(args) -> list[dict]:
     """Nested lists (one sort per stack) vs per-block jnp.nonzero, on a whole sparse EDSR stack."""
-    from adadsr_jax.kernels.stack import sparse_edsr_stack
+    from adadsr_jax.models.sparse_stacks import sparse_edsr_stack
 
     c, blocks, size = 32, 8, args.model_size
     rng = np.random.RandomState(0)

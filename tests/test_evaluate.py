@@ -22,7 +22,7 @@ from adadsr_jax.evaluation.inference import (
     tile_windows,
 )
 from adadsr_jax.evaluation.runner import MEAN_FIELDS, evaluate_set
-from adadsr_jax.models import AdaDSR, create_model, get_model_config
+from adadsr_jax.models import create_model
 from adadsr_jax.training.checkpoints import save_inference_checkpoint
 
 S = 2
@@ -249,28 +249,23 @@ def test_self_ensemble_averages_the_eight_dihedral_transforms(tiny_model):
 # --------------------------------------------------------------------------- MACs budget
 
 
-class CountingAdaDSR(AdaDSR):
+BLOCK = 2 * 9 * 8 * 8  # two 3x3 convs, 8 -> 8 channels, per LR pixel
+FIXED = 5000.0  # per LR pixel: head, adapter, upsampler, tail (any positive constant will do)
+
+
+def counting_macs(config, scale, lr_shape, depth_map):
     """Test stand-in for the MAC counter: body MACs = executed blocks x per-block MACs, plus a fixed part."""
-
-    BLOCK = 2 * 9 * 8 * 8  # two 3x3 convs, 8 -> 8 channels, per LR pixel
-    FIXED = 5000.0  # per LR pixel: head, adapter, upsampler, tail (any positive constant will do)
-
-    def __call__(self, lr, *, desired_depth=None):
-        sr, aux = super().__call__(lr, desired_depth=desired_depth)
-        d = self.config.max_depth
-        pixels = lr.shape[1] * lr.shape[2]
-        executed = jnp.ceil(jnp.clip(aux["depth_map"], 0.0, d)).sum(axis=(1, 2, 3))
-        aux["macs"] = pixels * self.FIXED + self.BLOCK * executed
-        aux["dense_macs"] = jnp.full((lr.shape[0],), pixels * (self.FIXED + self.BLOCK * d))
-        return sr, aux
+    d = config.max_depth
+    pixels = lr_shape[1] * lr_shape[2]
+    executed = jnp.ceil(jnp.clip(depth_map, 0.0, d)).sum(axis=(1, 2, 3))
+    return pixels * FIXED + BLOCK * executed, jnp.full((lr_shape[0],), pixels * (FIXED + BLOCK * d))
 
 
 @pytest.fixture(scope="module", params=["stand-in counter", "model counter"])
 def counting_predictor(request, tiny_model):
-    if request.param == "model counter":  # the network's own aux["macs"] (adadsr_jax.macs)
+    if request.param == "model counter":  # adadsr_jax.macs.model_macs
         return Predictor(tiny_model)
-    model = CountingAdaDSR(get_model_config("adaedsr_tiny"), scale=S, rngs=nnx.Rngs(0))
-    return Predictor(model)
+    return Predictor(tiny_model, macs_counter=counting_macs)
 
 
 def test_search_depth_is_the_largest_feasible_depth():

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from adadsr_jax.kernels import (
     active_list,
     dense_threshold_for,
@@ -20,8 +22,8 @@ from adadsr_jax.kernels import (
     to_padded_flat,
     uses_pallas,
 )
-from adadsr_jax.kernels.stack import sparse_edsr_stack, sparse_rcan_group, use_dense_stack
-from scipy import ndimage
+from adadsr_jax.kernels.plan import use_dense_stack
+from adadsr_jax.models.sparse_stacks import sparse_edsr_stack, sparse_rcan_group
 
 
 def conv3x3_same_f64(x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:

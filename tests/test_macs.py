@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from adadsr_jax.kernels.stack import stack_levels
 from flax import nnx
 from scipy import ndimage
 
-from adadsr_jax.macs import ca_mlp_macs, dense_macs, executed_macs, release_gmacs
+from adadsr_jax.kernels.plan import stack_levels
+from adadsr_jax.macs import ca_mlp_macs, dense_macs, executed_macs, model_macs, release_gmacs
+from adadsr_jax.masks import executed_depth, executed_levels
 from adadsr_jax.models import create_model, get_model_config
-from adadsr_jax.models.masks import executed_depth, executed_levels
 
 
 @pytest.mark.parametrize(("scale", "per_pixel"), [(2, 40_732_416), (3, 43_716_096), (4, 50_252_544)])
@@ -75,22 +75,24 @@ def test_executed_levels_one_definition():
     np.testing.assert_array_equal(host, want)
 
 
-def test_model_aux_macs():
-    """aux["macs"] / aux["dense_macs"] from model calls, dense and sparse, agree with the counter."""
+def test_model_macs_of_depth_maps():
+    """model_macs on a model's aux["depth_map"], dense and sparse calls alike, agrees with the counter."""
     model = create_model("adaedsr_tiny", scale=2, rngs=nnx.Rngs(0))
     lr = jnp.asarray(np.random.RandomState(0).rand(2, 4, 4, 3) * 255, jnp.float32)
-    _, aux = model(lr, desired_depth=jnp.asarray([0.0, 1.5]))
     config = model.config
-    np.testing.assert_array_equal(np.asarray(aux["dense_macs"]), [dense_macs(config, 2, 4, 4)] * 2)
-    np.testing.assert_array_equal(
-        np.asarray(aux["macs"]), np.asarray(executed_macs(config, 2, aux["depth_map"]))
-    )
-    assert float(aux["macs"][0]) == dense_macs(config, 2, 4, 4) - 2 * 3 * 16 * 9 * 64  # depth 0: no block
+    _, aux = model(lr, desired_depth=jnp.asarray([0.0, 1.5]))
+    macs, dense = model_macs(config, 2, lr.shape, aux["depth_map"])
+    np.testing.assert_array_equal(np.asarray(dense), [dense_macs(config, 2, 4, 4)] * 2)
+    np.testing.assert_array_equal(np.asarray(macs), np.asarray(executed_macs(config, 2, aux["depth_map"])))
+    assert float(macs[0]) == dense_macs(config, 2, 4, 4) - 2 * 3 * 16 * 9 * 64  # depth 0: no block
     _, aux_sparse = model(lr, desired_depth=jnp.asarray([0.0, 1.5]), sparse=True)
-    np.testing.assert_array_equal(np.asarray(aux_sparse["macs"]), np.asarray(aux["macs"]))
+    np.testing.assert_array_equal(
+        np.asarray(model_macs(config, 2, lr.shape, aux_sparse["depth_map"])[0]), macs
+    )
     plain = create_model("edsr_tiny", scale=2, rngs=nnx.Rngs(0))
-    _, aux_plain = plain(lr)
-    np.testing.assert_array_equal(np.asarray(aux_plain["macs"]), np.asarray(aux_plain["dense_macs"]))
+    plain_macs, plain_dense = model_macs(plain.config, 2, lr.shape, None)
+    np.testing.assert_array_equal(np.asarray(plain_macs), np.asarray(plain_dense))
+    assert "macs" not in aux  # counted by the callers that want it, not inside every forward
 
 
 def _conv_stub(lhs, rhs, *args, **kwargs):

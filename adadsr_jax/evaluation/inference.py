@@ -12,8 +12,9 @@
     pools over the whole input, so for RCAN models tiling is an approximation (as in the release's chop);
   * optional x8 self-ensemble (flips and transpose of the LR input, outputs mapped back and averaged);
   * latency: a warm-up run (compilation) is excluded, then the median of `repeats` timed runs.
-MACs: the model's aux "macs"/"dense_macs" (executed and dense multiply-accumulates) are summed over
-every forward that ran (tiles with their overlap, ensemble members). `release_gmacs` is the AdaDSR
+MACs: executed and dense multiply-accumulates of each forward's depth map (`macs_counter`, by default
+adadsr_jax.macs.model_macs, traced in the same jit as the forward) are summed over every forward that
+ran (tiles with their overlap, ensemble members). `release_gmacs` is the AdaDSR
 release's FLOPs figure (adadsr_jax.macs.release_gmacs) of the whole-image depth map, summed over the
 ensemble members: the number to compare with the paper's tables.
 """
@@ -31,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adadsr_jax.macs import release_gmacs
-from adadsr_jax.models.masks import executed_depth
+from adadsr_jax.macs import model_macs, release_gmacs
+from adadsr_jax.masks import executed_depth
 from adadsr_jax.models.network import AdaDSR
 
 
@@ -107,7 +108,10 @@ class Predictor:
         tile: int | None = None,
         overlap: int = 16,
         self_ensemble: bool = False,
+        macs_counter: Callable[..., tuple[jax.Array, jax.Array]] = model_macs,
     ):
+        """macs_counter(config, scale, lr_shape, depth_map) -> (executed, dense) MACs [N]: how each
+        forward's cost is counted (adadsr_jax.macs.model_macs; tests substitute a stand-in)."""
         self.model = model
         self.scale = int(model.scale)
         self.config = model.config
@@ -130,11 +134,13 @@ class Predictor:
         def forward(state, lr, desired_depth):
             m = nnx.merge(graphdef, state)
             sr, aux = m(lr, desired_depth=desired_depth, **extra)
+            depth_map = aux["depth_map"] if m.config.adaptive else None
+            macs, dense_macs = macs_counter(m.config, m.scale, lr.shape, depth_map)
             return {
                 "sr": sr,
                 "depth_map": aux["depth_map"],
-                "macs": jnp.asarray(aux["macs"], jnp.float32),
-                "dense_macs": jnp.asarray(aux["dense_macs"], jnp.float32),
+                "macs": jnp.asarray(macs, jnp.float32),
+                "dense_macs": jnp.asarray(dense_macs, jnp.float32),
             }
 
         # One compile per input shape: the desired depth is a traced float32 scalar.

@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adadsr_jax.macs import model_macs
+from adadsr_jax.masks import mean_executed_depth
 from adadsr_jax.models.adapter import Adapter
 from adadsr_jax.models.config import ModelConfig, get_model_config
 from adadsr_jax.models.edsr import EDSRBody
 from adadsr_jax.models.layers import DIV2K_RGB_MEAN, Conv, Upsampler
-from adadsr_jax.models.masks import mean_executed_depth
 from adadsr_jax.models.rcan import RCANBody
 
 
@@ -77,10 +76,9 @@ class AdaDSR(nnx.Module):
         above the measured active fraction), "pallas", "jax" or "dense".
         Returns sr [N, s*h, s*w, 3] float (0..255, unclipped) and aux with
           "depth_map": [N, h, w, G] float32 (plain backbones: D everywhere),
-          "mean_depth": [N], mean of ceil(clip(depth_map, 0, D)) as the release reports it,
-          "macs": [N] float32, multiply-accumulates sparse inference executes at this depth map (dilated
-            first convs and the adapter included; see adadsr_jax.macs), the same for dense calls,
-          "dense_macs": [N] float32, MACs of the whole network run densely.
+          "mean_depth": [N], mean of ceil(clip(depth_map, 0, D)) as the release reports it.
+        The multiply-accumulates a depth map costs are `adadsr_jax.macs.model_macs(model.config,
+        model.scale, lr.shape, aux["depth_map"])`: counted by the callers that want them, not here.
         """
         if lr.ndim != 4 or lr.shape[-1] != 3:
             raise ValueError(f"lr must be [N, h, w, 3], got shape {lr.shape}")
@@ -91,15 +89,12 @@ class AdaDSR(nnx.Module):
         z = z0 + self.body_lastconv(body)
         sr = self.tail(self.up(z)) + mean
 
-        macs, dense_macs = model_macs(self.config, self.scale, lr.shape, depth_map)
         if depth_map is None:
             n, h, w, _ = lr.shape
             depth_map = jnp.full((n, h, w, self.config.num_maps), float(self.config.max_depth), jnp.float32)
         aux = {
             "depth_map": depth_map,
             "mean_depth": mean_executed_depth(depth_map, self.config.max_depth),
-            "macs": macs,
-            "dense_macs": dense_macs,
         }
         return sr, aux
 

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adadsr_jax.kernels.stack import run_sparse_stack, sparse_rcan_group
+from adadsr_jax.masks import block_mask
 from adadsr_jax.models.layers import StackedConv, StackedDense, conv2d, resolve_scan_unroll
-from adadsr_jax.models.masks import block_mask
+from adadsr_jax.models.sparse_stacks import run_sparse_stack, sparse_rcan_group
 
 
 def channel_attention(

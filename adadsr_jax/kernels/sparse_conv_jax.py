@@ -14,6 +14,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+
 from adadsr_jax.kernels.layout import PaddedLayout
 
 Epilogue = Literal["relu", "residual", "masked", "none"]

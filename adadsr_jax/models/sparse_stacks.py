@@ -1,68 +1,21 @@
-"""Sparse residual stacks: the EDSR and RCAN block loops of AdaDSR on active-pixel lists (SPEC 6).
+"""Sparse residual stacks: the EDSR and RCAN block loops of AdaDSR on active-pixel lists.
 
-Block l (0-based) of a stack with depth map d runs its first conv on the 3x3-dilated active set
-(where the 3x3 max of ceil(d) is > l), its second conv on the active set (ceil(d) > l), and multiplies
-the second conv's output by the soft mask clip(d - l, 0, 1). The feature map stays in the padded flat
+Each block runs its first conv on the 3x3-dilated active set, its second conv on the active set, and
+multiplies the second conv's output by the soft mask clip(d - l, 0, 1) (docs/adaptive_inference.md);
+the result equals the dense masked stack up to float rounding. The feature map stays in the padded flat
 layout for the whole stack, so no block pads or crops.
-
-Index lists, `index_mode`:
-- "nested" (default): one stable sort of ceil(d) (and one of its dilation) per stack; block l's lists
-  are the prefixes of length count_l (masks are nested, SPEC 4). Measured 6-10% faster than
-  "per_block" for a whole small-EDSR stack on CPU (benchmarks/RESULTS.md).
-- "per_block": `jnp.nonzero` of each block's mask (raster order), two per block.
-
-`use_dense_stack` is the stack-level switch of the "auto" backend: when the whole stack's executed
-fraction is above the measured threshold, `run_sparse_stack` (which the EDSR and RCAN bodies call) runs
-the caller's dense masked stack instead (no layout conversions, no index building), so "auto" is never
-much slower than dense.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3, threshold_for
-from adadsr_jax.kernels.layout import (
-    PaddedLayout,
-    active_list,
-    from_padded_flat,
-    layout_of,
-    nested_order,
-    prefix_counts,
-    to_padded_flat,
-)
 
-from adadsr_jax.models.masks import executed_levels
-
-IndexMode = Literal["nested", "per_block"]
-
-
-def stack_levels(depth_map: jax.Array, num_blocks: int) -> tuple[jax.Array, jax.Array]:
-    """(levels, dilated levels) int32 [N, h, w] for one stack's depth map [N, h, w, 1]
-    (`models.masks.executed_levels`, the definition the MACs count uses too)."""
-    levels, dilated = executed_levels(depth_map, num_blocks)
-    return levels[..., 0].astype(jnp.int32), dilated[..., 0].astype(jnp.int32)
-
-
-def use_dense_stack(
-    depth_map: jax.Array,
-    num_blocks: int,
-    channels: int,
-    threshold: float | None = None,
-    platform: str | None = None,
-) -> jax.Array:
-    """bool []: whether the stack's executed pixel-blocks (both convs, dilation included) exceed
-    `threshold` of the dense stack's. The default threshold is `threshold_for(C, C, platform)`, the one
-    the per-conv dispatcher uses for the stack's convs (platform: a JAX backend name, default the
-    current one)."""
-    if threshold is None:
-        threshold = threshold_for(channels, channels, platform)
-    levels, dilated = stack_levels(depth_map, num_blocks)
-    executed = (levels.sum() + dilated.sum()).astype(jnp.float32)
-    return executed > threshold * 2 * num_blocks * levels.size
+from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3
+from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, layout_of, to_padded_flat
+from adadsr_jax.kernels.plan import IndexMode, block_lists, make_plan, use_dense_stack
 
 
 def run_sparse_stack(
@@ -83,33 +36,6 @@ def run_sparse_stack(
     if backend != "auto":
         return sparse(x)
     return jax.lax.cond(use_dense_stack(depth_map, num_blocks, x.shape[-1]), dense, sparse, x)
-
-
-def make_plan(depth_map: jax.Array, num_blocks: int, index_mode: IndexMode) -> dict[str, jax.Array]:
-    """Everything the blocks of one stack need to find their lists (arrays only, scan-friendly)."""
-    levels, dilated = stack_levels(depth_map, num_blocks)
-    plan = {"depth": to_padded_flat(depth_map.astype(jnp.float32))[:, 0]}
-    if index_mode == "nested":
-        plan |= {
-            "rows_act": nested_order(levels),
-            "rows_dil": nested_order(dilated),
-            "counts_act": prefix_counts(levels, num_blocks),
-            "counts_dil": prefix_counts(dilated, num_blocks),
-        }
-    elif index_mode == "per_block":
-        plan |= {"levels": levels, "dilated": dilated}
-    else:
-        raise ValueError(f"index_mode must be 'nested' or 'per_block', got {index_mode!r}")
-    return plan
-
-
-def block_lists(plan: dict[str, jax.Array], block: jax.Array) -> tuple[jax.Array, ...]:
-    """(rows_dil, count_dil, rows_act, count_act) of block `block` (int32 scalar, may be traced)."""
-    if "rows_act" in plan:
-        return plan["rows_dil"], plan["counts_dil"][block], plan["rows_act"], plan["counts_act"][block]
-    rows_dil, count_dil = active_list(plan["dilated"] > block)
-    rows_act, count_act = active_list(plan["levels"] > block)
-    return rows_dil, count_dil, rows_act, count_act
 
 
 def sparse_edsr_stack(

@@ -18,10 +18,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from adadsr_jax.kernels.layout import PaddedLayout
-from adadsr_jax.kernels.sparse_conv_jax import Epilogue
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
+
+from adadsr_jax.kernels.layout import PaddedLayout
+from adadsr_jax.kernels.sparse_conv_jax import Epilogue
 
 
 def _is_pow2(v: int) -> bool:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+
 from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, to_padded_flat
 from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, Epilogue, apply_epilogue, sparse_conv3x3_jax
 from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
@@ -55,7 +56,7 @@ def threshold_for(cin: int, cout: int, platform: str | None = None) -> float:
     `jax.default_backend()`): the GPU table when the Pallas kernel runs it, else the CPU (JAX path) table.
 
     The single source of this decision for the per-conv dispatcher and the stack-level switch
-    (`kernels.stack.use_dense_stack`), so both agree, e.g. a GPU conv with C=48 (not a power of two)
+    (`kernels.plan.use_dense_stack`), so both agree, e.g. a GPU conv with C=48 (not a power of two)
     runs the JAX path and uses the CPU crossover.
     """
     return dense_threshold_for("gpu" if uses_pallas(cin, cout, platform) else "cpu", cin)
