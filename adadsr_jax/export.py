@@ -1,0 +1,473 @@
+"""Export a trained model: a jax.export StableHLO artifact, an ONNX graph, or safetensors weights.
+
+    python -m adadsr_jax.export --workdir runs/demo --format stablehlo --out export/demo.stablehlo
+    python -m adadsr_jax.export --workdir runs/demo --format onnx --out export/demo.onnx
+    python -m adadsr_jax.export --workdir runs/demo --format safetensors --out export/demo_model
+
+Both graphs map (lr [N, h, w, 3] float32 on 0..255, d [N] float32) -> (sr [N, s*h, s*w, 3] float32,
+unclipped; depth_map [N, h, w, G] float32), with N, h, w left free, through the dense masked network
+(each block's residual times its eq. 4 mask). Every artifact gets a JSON sidecar `<out>.json`
+(inputs, outputs, ranges, scale, the command that made it) and is checked against the in-process model
+before it is written. docs/export.md has the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+from flax import nnx
+
+from adadsr_jax.checkpoint import config_to_dict, load_model, save_model
+from adadsr_jax.models import AdaDSR
+from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsampler_stages
+
+FORMATS = ("stablehlo", "onnx", "safetensors")
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+DEFAULT_OPSET = 17
+# Export-time check: the artifact against the in-process model on one small input.
+VERIFY_SHAPE = (1, 20, 24, 3)
+VERIFY_TOLERANCE = {"stablehlo": 1e-4, "onnx": 0.05}  # relative / max abs on the 0..255 scale
+
+
+class ExportError(ValueError):
+    """The requested export cannot be made (an unsupported combination of options or model)."""
+
+
+def inference_fn(
+    model: AdaDSR, *, sparse: bool = False, sparse_backend: str = "auto"
+) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """(lr [N, h, w, 3], d [N]) -> (sr [N, s*h, s*w, 3], depth_map [N, h, w, G]), parameters closed over
+    (so an export embeds them as constants). Plain backbones ignore d and return D everywhere."""
+    graphdef, state = nnx.split(model)
+
+    def fn(lr: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
+        m = nnx.merge(graphdef, state)
+        sr, aux = m(lr, desired_depth=d, sparse=sparse, sparse_backend=sparse_backend)
+        return sr, aux["depth_map"]
+
+    return fn
+
+
+def export_stablehlo(
+    model: AdaDSR,
+    *,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    sparse: bool = False,
+    shape: tuple[int, int, int] | None = None,
+) -> jax.export.Exported:
+    """jax.export of `inference_fn(model)` for `platforms`.
+
+    shape=None leaves N, h, w symbolic (one artifact for every batch and image size); the sparse path
+    needs fixed sizes: it picks its tile size and index-list lengths from the pixel count in Python,
+    which a symbolic N*h*w cannot answer, so shape=(N, h, w) is required with sparse=True.
+    """
+    if sparse and shape is None:
+        raise ExportError(
+            "--sparse: the sparse path exports only with fixed sizes (its tile sizes and index lists "
+            "come from the pixel count); add --shape N,h,w, or export the dense path"
+        )
+    if shape is None:
+        n, h, w = jax.export.symbolic_shape("N, h, w")
+    else:
+        n, h, w = shape
+    args = (jax.ShapeDtypeStruct((n, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))
+    fn = jax.jit(inference_fn(model, sparse=sparse))
+    try:
+        return jax.export.export(fn, platforms=tuple(platforms))(*args)
+    except ValueError as e:
+        # e.g. the Pallas/Triton kernel: its custom call has no compatibility guarantee, so jax.export
+        # refuses to serialise it.
+        raise ExportError(f"jax.export failed for platforms {list(platforms)}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------- ONNX
+class _OnnxGraph:
+    """Collects nodes and initializers; every helper returns the name of its (single) output."""
+
+    def __init__(self):
+        self.nodes: list = []
+        self.initializers: list = []
+        self._count = 0
+
+    def _name(self, base: str) -> str:
+        self._count += 1
+        return f"{base}_{self._count}"
+
+    def const(self, value: np.ndarray | float | Sequence[int], name: str = "c", dtype=np.float32) -> str:
+        from onnx import numpy_helper
+
+        out = self._name(name)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), out))
+        return out
+
+    def op(self, op_type: str, *inputs: str, name: str | None = None, out: str | None = None, **attrs) -> str:
+        from onnx import helper
+
+        out = out or self._name(name or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def conv(self, x: str, kernel: np.ndarray, bias: np.ndarray, name: str) -> str:
+        """SAME stride-1 conv; kernel HWIO [k, k, Cin, Cout] -> ONNX OIHW."""
+        k = kernel.shape[0]
+        w = self.const(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)), name + "_w")
+        b = self.const(bias, name + "_b")
+        return self.op("Conv", x, w, b, name=name, kernel_shape=[k, k], pads=[k // 2] * 4)
+
+    def dense1x1(self, x: str, kernel: np.ndarray, bias: np.ndarray, name: str) -> str:
+        """[N, Cin, 1, 1] @ kernel [Cin, Cout] + bias as a 1x1 conv."""
+        w = self.const(np.ascontiguousarray(kernel.T[:, :, None, None]), name + "_w")
+        return self.op("Conv", x, w, self.const(bias, name + "_b"), name=name, kernel_shape=[1, 1])
+
+
+def _block_mask(g: _OnnxGraph, depth: str, index: int, zero: str, one: str) -> str:
+    """clip(depth - index, 0, 1) (paper eq. 4); depth [N, 1, h, w]."""
+    return g.op("Clip", g.op("Sub", depth, g.const(float(index), "l")), zero, one, name="mask")
+
+
+def export_onnx(model: AdaDSR, *, opset: int = DEFAULT_OPSET):
+    """The dense masked network as an onnx.ModelProto (NHWC inputs/outputs like the JAX model, NCHW
+    inside), built node by node from the parameters: Conv, Relu, PRelu, Mul, Add, Sub, Clip,
+    GlobalAveragePool/Sigmoid (RCAN), DepthToSpace mode CRD (PyTorch's pixel shuffle order)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    cfg, scale = model.config, int(model.scale)
+    p = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    g = _OnnxGraph()
+    mean = g.const(np.asarray(DIV2K_RGB_MEAN, np.float32).reshape(1, 3, 1, 1), "rgb_mean")
+
+    x = g.op("Transpose", "lr", perm=[0, 3, 1, 2], name="lr_nchw")
+    z0 = g.conv(g.op("Sub", x, mean), p["head"]["kernel"], p["head"]["bias"], "head")
+
+    depth = None
+    if cfg.adaptive:
+        a = p["adapter"]
+        dcol = g.op("Reshape", "d", g.const([-1, 1, 1, 1], "shape", np.int64), name="d_col")
+        h = g.op("Mul", z0, dcol) if cfg.depth_input == "weight" else z0
+        h = g.conv(h, a["layer0"]["kernel"], a["layer0"]["bias"], "adapter0")
+        for i in sorted(a["layers"]):
+            layer = a["layers"][i]
+            h = g.op("PRelu", h, g.const(layer["slope"], "slope"))
+            h = g.conv(h, layer["conv"]["kernel"], layer["conv"]["bias"], f"adapter{i + 1}")
+        h = g.op("Relu", h)
+        depth = g.op("Mul", h, dcol, name="depth") if cfg.depth_input == "output" else h
+
+    if depth is not None:  # Clip bounds of the masks
+        zero, one = g.const(0.0, "zero"), g.const(1.0, "one")
+    res_scale = None if cfg.res_scale == 1.0 else g.const(float(cfg.res_scale), "res_scale")
+    b = p["body"]
+    if cfg.backbone == "edsr":
+        hb = z0
+        for i in range(cfg.num_blocks):
+            r = g.op("Relu", g.conv(hb, b["layer0"]["kernel"][i], b["layer0"]["bias"][i], f"b{i}_conv0"))
+            r = g.conv(r, b["layer2"]["kernel"][i], b["layer2"]["bias"][i], f"b{i}_conv1")
+            if depth is not None:
+                r = g.op("Mul", r, _block_mask(g, depth, i, zero, one))
+            if res_scale is not None:
+                r = g.op("Mul", r, res_scale)
+            hb = g.op("Add", hb, r, name=f"b{i}_out")
+    else:
+        hb = z0
+        for gi in range(cfg.num_groups):
+            gd = None
+            if depth is not None:
+                gd = g.op(
+                    "Slice",
+                    depth,
+                    g.const([gi], "start", np.int64),
+                    g.const([gi + 1], "end", np.int64),
+                    g.const([1], "axis", np.int64),
+                    name=f"g{gi}_depth",
+                )
+            hg = hb
+            for i in range(cfg.num_blocks):
+                pre = f"g{gi}b{i}"
+                k = {
+                    name: (v["kernel"][gi, i], v["bias"][gi, i])
+                    for name, v in b.items()
+                    if name != "group_end"
+                }
+                r = g.conv(g.op("Relu", g.conv(hg, *k["layer0"], pre + "c0")), *k["layer2"], pre + "c1")
+                if gd is not None:
+                    r = g.op("Mul", r, _block_mask(g, gd, i, zero, one))
+                # channel attention: r * sigmoid(up(relu(down(mean over h, w of r))))
+                att = g.op("Relu", g.dense1x1(g.op("GlobalAveragePool", r), *k["ca_down"], pre + "ca0"))
+                r = g.op("Mul", r, g.op("Sigmoid", g.dense1x1(att, *k["ca_up"], pre + "ca1")))
+                if res_scale is not None:
+                    r = g.op("Mul", r, res_scale)
+                hg = g.op("Add", hg, r, name=pre + "_out")
+            end = g.conv(hg, b["group_end"]["kernel"][gi], b["group_end"]["bias"][gi], f"g{gi}_end")
+            hb = g.op("Add", hb, end, name=f"g{gi}_out")
+
+    z = g.op("Add", z0, g.conv(hb, p["body_lastconv"]["kernel"], p["body_lastconv"]["bias"], "body_lastconv"))
+    for i, r in enumerate(upsampler_stages(scale)):
+        c = p["up"]["convs"][i]
+        z = g.op("DepthToSpace", g.conv(z, c["kernel"], c["bias"], f"up{i}"), blocksize=r, mode="CRD")
+    sr = g.op("Add", g.conv(z, p["tail"]["kernel"], p["tail"]["bias"], "tail"), mean)
+    g.op("Transpose", sr, perm=[0, 2, 3, 1], out="sr")
+    if depth is not None:
+        g.op("Transpose", depth, perm=[0, 2, 3, 1], out="depth_map")
+    else:  # plain backbone: D everywhere, shaped [N, h, w, G] like the input
+        shape = g.op(
+            "Concat",
+            g.op("Slice", g.op("Shape", "lr"), g.const([0], "s", np.int64), g.const([3], "e", np.int64)),
+            g.const([cfg.num_maps], "g", np.int64),
+            axis=0,
+        )
+        full = helper.make_tensor("D", TensorProto.FLOAT, [1], [float(cfg.max_depth)])
+        g.op("ConstantOfShape", shape, value=full, out="depth_map")
+
+    def vi(name, dims):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+    graph = helper.make_graph(
+        g.nodes,
+        f"adadsr_{cfg.backbone}_x{scale}",
+        [vi("lr", ["N", "h", "w", 3]), vi("d", ["N"])],
+        [vi("sr", ["N", f"{scale}*h", f"{scale}*w", 3]), vi("depth_map", ["N", "h", "w", cfg.num_maps])],
+        g.initializers,
+    )
+    import adadsr_jax
+
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="adadsr-jax",
+        producer_version=adadsr_jax.__version__,
+    )
+    # The oldest IR version that carries this opset, not the newest the onnx package writes, so that
+    # older runtimes (which refuse newer IR versions) load the file.
+    proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
+    helper.set_model_props(proto, {"scale": str(scale), "max_depth": str(cfg.max_depth)})
+    onnx.checker.check_model(proto)
+    return proto
+
+
+# ------------------------------------------------------------------------------------------ sidecars
+def sidecar(model: AdaDSR, fmt: str, artifact: Path, *, command: str | None, **extra: Any) -> dict[str, Any]:
+    """The JSON description of an artifact: inputs, outputs, ranges, scale, model, the command."""
+    import adadsr_jax
+
+    cfg, s = model.config, int(model.scale)
+    d_range = [0.0, float(cfg.max_depth)] if cfg.adaptive else None
+    info: dict[str, Any] = {
+        "format": fmt,
+        "artifact": artifact.name,
+        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+        "inputs": [
+            {
+                "name": "lr",
+                "shape": ["N", "h", "w", 3],
+                "dtype": "float32",
+                "layout": "NHWC, RGB",
+                "range": [0.0, 255.0],
+            },
+            {
+                "name": "d",
+                "shape": ["N"],
+                "dtype": "float32",
+                "range": d_range,
+                "meaning": "desired depth per image" if cfg.adaptive else "ignored (plain backbone)",
+            },
+        ],
+        "outputs": [
+            {
+                "name": "sr",
+                "shape": ["N", f"{s}*h", f"{s}*w", 3],
+                "dtype": "float32",
+                "range": [0.0, 255.0],
+                "note": "unclipped: clip to 0..255 and round for uint8",
+            },
+            {
+                "name": "depth_map",
+                "shape": ["N", "h", "w", cfg.num_maps],
+                "dtype": "float32",
+                "range": [0.0, None],
+                "note": "blocks run where ceil(clip(depth_map, 0, max_depth)) >= l",
+            },
+        ],
+        "scale": s,
+        "max_depth": cfg.max_depth,
+        "model_config": config_to_dict(cfg),
+        "adadsr_jax_version": adadsr_jax.__version__,
+        "command": command,
+    }
+    info.update(extra)
+    return info
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _verify_input(model: AdaDSR) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic smooth-plus-noise image (real SR inputs are not i.i.d. noise) and a mid depth."""
+    n, h, w, _ = VERIFY_SHAPE
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 127.5 + 90 * np.sin(yy / 3.0)[..., None] * np.cos(xx[..., None] / 4.0 + np.arange(3))
+    noise = np.random.default_rng(0).normal(0, 12, (n, h, w, 3))
+    lr = np.clip(base[None] + noise, 0, 255).astype(np.float32)
+    d = np.full((n,), 0.5 * model.config.max_depth, np.float32)
+    return lr, d
+
+
+def _reference(model: AdaDSR, lr: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sr, depth = jax.jit(inference_fn(model))(jnp.asarray(lr), jnp.asarray(d))
+    return np.asarray(sr), np.asarray(depth)
+
+
+def verify_stablehlo(exported: jax.export.Exported, model: AdaDSR) -> dict[str, Any]:
+    """Run the serialised artifact (deserialised again) against the model; ExportError past 1e-4."""
+    lr, d = _verify_input(model)
+    if "cpu" not in exported.platforms:
+        return {"skipped": "the artifact has no cpu lowering"}
+    shape = exported.in_avals[0].shape
+    if all(isinstance(s, int) for s in shape):  # fixed-size export: verify at its own size
+        lr = np.resize(lr, shape).astype(np.float32)
+        d = np.resize(d, shape[:1]).astype(np.float32)
+    again = jax.export.deserialize(exported.serialize())
+    with jax.default_device(jax.devices("cpu")[0]):
+        sr, depth = (np.asarray(v) for v in again.call(jnp.asarray(lr), jnp.asarray(d)))
+    ref_sr, ref_depth = _reference(model, lr, d)
+    rel = float(np.abs(sr - ref_sr).max() / max(np.abs(ref_sr).max(), 1e-12))
+    rel_d = float(np.abs(depth - ref_depth).max() / max(np.abs(ref_depth).max(), 1e-12))
+    if max(rel, rel_d) > VERIFY_TOLERANCE["stablehlo"]:
+        raise ExportError(f"the exported graph differs from the model (max relative {max(rel, rel_d):.3g})")
+    return {"input_shape": list(lr.shape), "max_rel_diff_sr": rel, "max_rel_diff_depth_map": rel_d}
+
+
+def verify_onnx(proto, model: AdaDSR) -> dict[str, Any]:
+    """Run the graph in onnxruntime (CPU) against the model; ExportError past 0.05 max abs on 0..255."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed"}
+    lr, d = _verify_input(model)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sr, depth = session.run(["sr", "depth_map"], {"lr": lr, "d": d})
+    ref_sr, ref_depth = _reference(model, lr, d)
+    diff = float(np.abs(sr - ref_sr).max())
+    diff_d = float(np.abs(depth - ref_depth).max())
+    if diff > VERIFY_TOLERANCE["onnx"]:
+        raise ExportError(f"onnxruntime's output differs from the model by up to {diff:.3g} (0..255 scale)")
+    return {
+        "input_shape": list(lr.shape),
+        "runtime": f"onnxruntime {ort.__version__} CPU",
+        "max_abs_diff_sr": diff,
+        "max_abs_diff_depth_map": diff_d,
+    }
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m adadsr_jax.export", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="training workdir (config.json + checkpoints)")
+    src.add_argument("--checkpoint", help="a save_model directory (model.json) or an inference checkpoint")
+    p.add_argument("--which", choices=("best", "latest"), default="best", help="Orbax step to load")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="output file (stablehlo, onnx) or directory (safetensors)")
+    p.add_argument(
+        "--platforms",
+        default=",".join(DEFAULT_PLATFORMS),
+        help="stablehlo: comma-separated lowering platforms (cpu, cuda, rocm, tpu)",
+    )
+    p.add_argument("--sparse", action="store_true", help="stablehlo: the sparse path (needs --shape)")
+    p.add_argument("--shape", help="stablehlo: fixed N,h,w instead of symbolic sizes")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="onnx: opset version (>= 13)")
+    return p
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ExportError(f"--shape {text!r}: expected N,h,w (positive integers), e.g. 1,64,64")
+    return shape  # type: ignore[return-value]
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
+    """Do what `args` say; returns the written artifact (or directory, for safetensors)."""
+    shape = _parse_shape(args.shape) if args.shape else None
+    platforms = tuple(s.strip() for s in args.platforms.split(",") if s.strip())
+    if args.format != "stablehlo" and (args.sparse or args.shape):
+        raise ExportError("--sparse and --shape apply to --format stablehlo only")
+    if args.format == "onnx":
+        try:
+            import onnx
+        except ImportError as e:
+            raise ExportError("--format onnx needs the onnx package: pip install 'adadsr-jax[onnx]'") from e
+        if args.opset < 13:
+            raise ExportError(f"--opset {args.opset}: needs 13 or later")
+    source = args.workdir or args.checkpoint
+    model = load_model(source, which=args.which)
+    out = Path(args.out)
+    command = shlex.join(["python", "-m", "adadsr_jax.export", *argv])
+    if args.format == "safetensors":
+        save_model(model, out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "stablehlo":
+        try:
+            exported = export_stablehlo(model, platforms=platforms, sparse=args.sparse, shape=shape)
+            check = verify_stablehlo(exported, model)
+        except ExportError as e:
+            raise ExportError(f"{source}: {e}") from e
+        out.write_bytes(exported.serialize())
+        extra = {
+            "platforms": list(exported.platforms),
+            "path": "sparse" if args.sparse else "dense masked",
+            "symbolic_shapes": shape is None,
+            "jax_version": jax.__version__,
+            "jaxlib_version": jaxlib.__version__,
+            "calling_convention_version": exported.calling_convention_version,
+            "check": check,
+        }
+    else:
+        try:
+            proto = export_onnx(model, opset=args.opset)
+            check = verify_onnx(proto, model)
+        except ExportError as e:
+            raise ExportError(f"{source}: {e}") from e
+        out.write_bytes(proto.SerializeToString())
+        extra = {
+            "opset": args.opset,
+            "onnx_version": onnx.__version__,
+            "path": "dense masked",
+            "check": check,
+        }
+    _write_json(out.with_name(out.name + ".json"), sidecar(model, args.format, out, command=command, **extra))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        out = run(args, argv)
+    except (FileNotFoundError, ValueError) as err:  # ModelFileError and ExportError are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. an unwritable --out
+        print(f"error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}" + ("" if args.format == "safetensors" else f" and {out.name}.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
