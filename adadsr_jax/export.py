@@ -28,7 +28,8 @@ import jaxlib
 import numpy as np
 from flax import nnx
 
-from adadsr_jax.checkpoint import config_to_dict, load_model, save_model
+from adadsr_jax.checkpoint import DESCRIPTOR_FILE, WEIGHTS_FILE, config_to_dict, load_model, save_model
+from adadsr_jax.cli import UserError, require_checkpoint_dir, require_output_dir, run_cli
 from adadsr_jax.models import AdaDSR
 from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsampler_stages
 
@@ -396,23 +397,53 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise ExportError(f"--shape {text!r}: expected N,h,w (positive integers), e.g. 1,64,64")
+        raise UserError("--shape", f"{text!r} is not N,h,w (positive integers)", "e.g. --shape 1,64,64")
     return shape  # type: ignore[return-value]
+
+
+def _check_args(args: argparse.Namespace) -> tuple[tuple[int, int, int] | None, tuple[str, ...]]:
+    """Every flag and path checked before a model is loaded (UserError naming the flag or path)."""
+    shape = _parse_shape(args.shape) if args.shape else None
+    platforms = tuple(s.strip() for s in args.platforms.split(",") if s.strip())
+    if args.format != "stablehlo" and (args.sparse or args.shape):
+        raise UserError("--sparse/--shape", "apply to --format stablehlo only")
+    if args.sparse and shape is None:
+        raise UserError(
+            "--sparse",
+            "the sparse path exports only with fixed sizes (its tile sizes and index lists come from "
+            "the pixel count)",
+            "add --shape N,h,w, or leave out --sparse for the dense path with free sizes",
+        )
+    if not platforms:
+        raise UserError("--platforms", "empty", "e.g. --platforms cpu,cuda")
+    if args.format == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "--format onnx", "needs the onnx package", "pip install 'adadsr-jax[onnx]'"
+            ) from None
+        if args.opset < 13:
+            raise UserError("--opset", f"{args.opset} is too old", "use 13 or later")
+    source = Path(args.workdir or args.checkpoint)
+    flag = "--workdir" if args.workdir else "--checkpoint"
+    if not (source.is_file() and source.name in (DESCRIPTOR_FILE, WEIGHTS_FILE)):
+        require_checkpoint_dir(source, flag)
+    out = Path(args.out)
+    if args.format == "safetensors":
+        require_output_dir(out, "--out")
+    else:
+        if out.is_dir():
+            raise UserError(
+                out, "is a directory (--out)", f"give a file path, e.g. {out / ('model.' + args.format)}"
+            )
+        require_output_dir(out.parent, "--out")
+    return shape, platforms
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
     """Do what `args` say; returns the written artifact (or directory, for safetensors)."""
-    shape = _parse_shape(args.shape) if args.shape else None
-    platforms = tuple(s.strip() for s in args.platforms.split(",") if s.strip())
-    if args.format != "stablehlo" and (args.sparse or args.shape):
-        raise ExportError("--sparse and --shape apply to --format stablehlo only")
-    if args.format == "onnx":
-        try:
-            import onnx
-        except ImportError as e:
-            raise ExportError("--format onnx needs the onnx package: pip install 'adadsr-jax[onnx]'") from e
-        if args.opset < 13:
-            raise ExportError(f"--opset {args.opset}: needs 13 or later")
+    shape, platforms = _check_args(args)
     source = args.workdir or args.checkpoint
     model = load_model(source, which=args.which)
     out = Path(args.out)
@@ -438,6 +469,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
             "check": check,
         }
     else:
+        import onnx
+
         try:
             proto = export_onnx(model, opset=args.opset)
             check = verify_onnx(proto, model)
@@ -457,16 +490,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         out = run(args, argv)
-    except (FileNotFoundError, ValueError) as err:  # ModelFileError and ExportError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. an unwritable --out
-        print(f"error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}" + ("" if args.format == "safetensors" else f" and {out.name}.json"))
-    return 0
+        print(f"wrote {out}" + ("" if args.format == "safetensors" else f" and {out.name}.json"))
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -243,17 +243,25 @@ def test_cli_safetensors_from_a_model_dir_and_a_workdir(sources):
     [
         (
             ["--checkpoint", "{root}/missing", "--format", "onnx"],
-            r"^error: \S+/missing: no such model directory$",
+            r"^error: \S+/missing: no such checkpoint directory \(--checkpoint\)$",
+        ),
+        (
+            ["--workdir", "{root}/orbax/config.json", "--format", "onnx"],
+            r"^error: \S+/config.json: is a file",
         ),
         (
             ["--checkpoint", "{root}/st", "--format", "stablehlo", "--sparse"],
-            r"^error: \S+/st: --sparse: the sparse path exports only with fixed sizes .* add --shape N,h,w",
+            r"^error: --sparse: the sparse path exports only with fixed sizes .*; add --shape N,h,w",
         ),
-        (["--checkpoint", "{root}/st", "--format", "stablehlo", "--shape", "1,x"], r"^error: --shape '1,x':"),
+        (
+            ["--checkpoint", "{root}/st", "--format", "stablehlo", "--shape", "1,x"],
+            r"^error: --shape: '1,x' is",
+        ),
         (
             ["--checkpoint", "{root}/st", "--format", "onnx", "--shape", "1,8,8"],
             "apply to --format stablehlo",
         ),
+        (["--checkpoint", "{root}/st", "--format", "onnx", "--opset", "9"], r"^error: --opset: 9 is too old"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(sources, argv, message, capsys):
@@ -263,6 +271,16 @@ def test_cli_errors_are_one_line_exit_2(sources, argv, message, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err.strip()), err
     assert not (root / "err" / "x").exists()
+
+
+def test_cli_refuses_an_unusable_out(sources, tmp_path, capsys):
+    root, _ = sources
+    (tmp_path / "file").write_text("x")
+    argv = ["--checkpoint", str(root / "st"), "--format", "onnx", "--out", str(tmp_path / "file" / "m.onnx")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'file'}: exists and is not a directory")
+    assert main(["--checkpoint", str(root / "st"), "--format", "onnx", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}: is a directory (--out); give a file path")
 
 
 def test_cli_tampered_model_dir_exit_2(sources, tmp_path, capsys):
