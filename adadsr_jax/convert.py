@@ -20,10 +20,12 @@ Three key layouts are understood (chosen automatically from the keys, or with --
   (+ ``tail.0.2``), ``tail.1``. res_scale 1.
 
 Conv weights are OIHW in the file and HWIO here; 1x1 channel-attention convs become [in, out] matrices;
-per-block tensors are stacked on our leading block (and group) axes. MeanShift tensors are checked
-against our constant (DIV2K mean, 0..255) and then dropped. Missing, unexpected and mis-shaped keys are
-reported by name (CheckpointMismatchError); a file built for another scale is refused
-(ScaleMismatchError).
+per-block tensors are stacked on our leading block (and group) axes. MeanShift tensors, in either PyTorch
+form (the release's grouped [3, 1, 1, 1] ones/std or EDSR-PyTorch/RCAN's full [3, 3, 1, 1] identity/std),
+are checked against our constant (DIV2K mean, std 1, range 0..255) and then dropped. Missing, unexpected
+and mis-shaped keys are reported by name (CheckpointMismatchError); a file built for another scale is
+refused (ScaleMismatchError); non-float or non-finite weights are refused (ConversionError). Every error
+is a FileNotFoundError, CheckpointFormatError or ConversionError whose message starts with the file.
 """
 
 from __future__ import annotations
@@ -43,6 +45,25 @@ from flax import nnx
 from adadsr_jax.models import AdaDSR, Adapter, create_model, get_model_config
 from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsampler_stages
 from adadsr_jax.torch_checkpoint import CheckpointFormatError, load_torch_checkpoint
+
+# CheckpointFormatError is part of this module's interface: convert_checkpoint raises it for unreadable files.
+__all__ = [
+    "LAYOUTS",
+    "CheckpointFormatError",
+    "CheckpointMismatchError",
+    "Conversion",
+    "ConversionError",
+    "ScaleMismatchError",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "detect_layout",
+    "extract_state_dict",
+    "infer_scale",
+    "infer_sizes",
+    "key_table",
+    "main",
+    "meanshift_tensors",
+]
 
 LAYOUTS = ("adadsr", "edsr", "rcan")
 _MAX_LISTED = 20  # keys named per category in an error message; the exception keeps them all
@@ -318,38 +339,104 @@ def infer_scale(state: Mapping[str, np.ndarray], layout: str) -> int | None:
     return factor * factor if second else factor
 
 
+# The normalisation every supported release uses (SPEC 1, 12): DIV2K RGB mean, std 1 per channel (the
+# AdaDSR release, EDSR-PyTorch and RCAN all define rgb_std = (1.0, 1.0, 1.0)), pixel range 0..255.
+RGB_RANGE = 255.0
+RGB_STD = (1.0, 1.0, 1.0)
+# float32 storage of 255 * mean / std is exact to ~1e-5; anything larger is another normalisation.
+_MEANSHIFT_ATOL = 1e-3
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in np.asarray(values, np.float64).ravel()) + ")"
+
+
+def meanshift_tensors(sign: float, form: str = "grouped") -> tuple[np.ndarray, np.ndarray]:
+    """The MeanShift (weight, bias) our models' constant corresponds to, as the PyTorch code builds them:
+    form "grouped" (the AdaDSR release, Conv2d(3, 3, 1, groups=3)): weight [3, 1, 1, 1] = 1 / std;
+    form "full" (EDSR-PyTorch, RCAN, Conv2d(3, 3, 1)): weight [3, 3, 1, 1] = identity / std.
+    bias [3] = sign * 255 * mean / std (sign -1 at the head, +1 at the tail)."""
+    std = np.asarray(RGB_STD, np.float64)
+    mean = np.asarray(DIV2K_RGB_MEAN, np.float64) / RGB_RANGE  # the constant is in 0..255 units
+    if form == "grouped":
+        weight = (1.0 / std).reshape(3, 1, 1, 1)
+    elif form == "full":
+        weight = (np.eye(3) / std[:, None]).reshape(3, 3, 1, 1)
+    else:
+        raise ValueError(f"form must be 'grouped' or 'full', got {form!r}")
+    return weight, sign * RGB_RANGE * mean / std
+
+
 def _check_meanshift(
     state: Mapping[str, np.ndarray], layout: str, source: str
 ) -> tuple[list[str], list[str]]:
-    """Compare MeanShift tensors with our constant; returns (keys consumed, notes). Mismatch -> error."""
+    """Check the MeanShift tensors against our constant; returns (keys consumed, notes).
+
+    Both PyTorch forms are accepted in every layout: grouped (weight [3, 1, 1, 1]) and full (weight
+    [3, 3, 1, 1], which must be diagonal). From weight and bias the file's std (1 / diagonal) and mean
+    (sign * bias * std / 255) are read back and compared with ours; another normalisation is refused
+    with both sets of numbers.
+    """
     sub, add = _meanshift_prefixes(layout)
-    mean = np.asarray(DIV2K_RGB_MEAN, np.float64)
+    want_mean = np.asarray(DIV2K_RGB_MEAN, np.float64) / RGB_RANGE
+    want_std = np.asarray(RGB_STD, np.float64)
     used, notes = [], []
-    for prefix, sign in ((sub, -1.0), (add, 1.0)):
-        weight, bias = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
+    for prefix, sign, where in ((sub, -1.0, "head"), (add, 1.0, "tail")):
+        wkey, bkey = f"{prefix}.weight", f"{prefix}.bias"
+        weight, bias = state.get(wkey), state.get(bkey)
         if weight is None and bias is None:
             continue
-        for key, value, want in (
-            (f"{prefix}.weight", weight, np.eye(3).reshape(3, 3, 1, 1)),
-            (f"{prefix}.bias", bias, sign * mean),
-        ):
+        for key, value in ((wkey, weight), (bkey, bias)):
             if value is None:
                 raise ConversionError(f"{source}: MeanShift '{prefix}' has no '{key}'")
-            if value.shape != want.shape:
+            if not _is_float(value):
+                raise ConversionError(f"{source}: MeanShift '{key}' has dtype {value.dtype}, expected float")
+        weight, bias = weight.astype(np.float64), bias.astype(np.float64)
+        if weight.shape == (3, 1, 1, 1):
+            form, diag = "grouped", weight.reshape(3)
+        elif weight.shape == (3, 3, 1, 1):
+            form, matrix = "full", weight[:, :, 0, 0]
+            diag = np.diag(matrix).copy()
+            off = matrix - np.diag(diag)
+            if np.abs(off).max() > _MEANSHIFT_ATOL:
                 raise ConversionError(
-                    f"{source}: MeanShift '{key}' has shape {value.shape}, expected {want.shape}"
+                    f"{source}: MeanShift '{wkey}' is not diagonal (largest off-diagonal entry "
+                    f"{np.abs(off).max():.4g}): it mixes colour channels, which a mean/std shift never does"
                 )
-            # float32 storage of 255 * mean is exact to ~1e-5; anything larger is another normalisation.
-            if not np.allclose(value.astype(np.float64), want, rtol=0, atol=1e-3):
-                got = np.round(value.astype(np.float64).ravel(), 4).tolist()
-                raise ConversionError(
-                    f"{source}: MeanShift '{key}' is {got}, "
-                    f"but this model's constant is {np.round(want.ravel(), 4).tolist()} (DIV2K mean, "
-                    "pixel range 0..255): the checkpoint was trained with another normalisation"
-                )
-            used.append(key)
-        notes.append(f"MeanShift '{prefix}' equals our constant (dropped)")
+        else:
+            raise ConversionError(
+                f"{source}: MeanShift '{wkey}' has shape {weight.shape}, expected (3, 1, 1, 1) (grouped, "
+                "the AdaDSR release) or (3, 3, 1, 1) (full, EDSR-PyTorch/RCAN)"
+            )
+        if bias.shape != (3,):
+            raise ConversionError(f"{source}: MeanShift '{bkey}' has shape {bias.shape}, expected (3,)")
+        want_w, want_b = meanshift_tensors(sign, form)
+        want_diag = want_w.reshape(3) if form == "grouped" else np.diag(want_w[:, :, 0, 0])
+        if not (
+            np.all(np.isfinite(diag))
+            and np.all(np.isfinite(bias))
+            and np.allclose(diag, want_diag, rtol=0, atol=_MEANSHIFT_ATOL)
+            and np.allclose(bias, want_b, rtol=0, atol=_MEANSHIFT_ATOL)
+        ):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                std = 1.0 / diag
+                mean = sign * bias * std / RGB_RANGE
+            raise ConversionError(
+                f"{source}: MeanShift '{prefix}' ({where}, {form}) encodes mean {_fmt(mean)} and std "
+                f"{_fmt(std)} at pixel range {RGB_RANGE:g} (weight diagonal {_fmt(diag)}, bias "
+                f"{_fmt(bias)}), but this model uses mean {_fmt(want_mean)} (DIV2K) and std "
+                f"{_fmt(want_std)} (weight diagonal {_fmt(want_diag)}, bias {_fmt(want_b)}): the "
+                "checkpoint was trained with another normalisation (e.g. rgb_range 1 or another "
+                "mean/std) and would give wrong colours"
+            )
+        used += [wkey, bkey]
+        notes.append(f"MeanShift '{prefix}' ({form}) equals our constant: DIV2K mean, std 1 (dropped)")
     return used, notes
+
+
+def _is_float(array: np.ndarray) -> bool:
+    """float16/32/64 or bfloat16 (an ml_dtypes type numpy does not class as floating)."""
+    return np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"
 
 
 def _listing(title: str, items: Sequence[str]) -> str:
@@ -401,7 +488,7 @@ def convert_state_dict(
     if layout == "auto":
         layout = detect_layout(state, source)
     if layout not in LAYOUTS:
-        raise ConversionError(f"layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
+        raise ConversionError(f"{source}: layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
     preset = get_model_config(model_name)
     want_backbone = "edsr" if layout == "edsr" else "rcan" if layout == "rcan" else preset.backbone
     if preset.backbone != want_backbone:
@@ -471,6 +558,8 @@ def convert_state_dict(
     notes += ms_notes
     missing: list[str] = []
     misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    bad_dtype: list[str] = []
+    nonfinite: list[str] = []
     converted: dict[tuple, np.ndarray] = {}
     entries = key_table(model, layout, with_adapter=not backbone_only, file_keys=frozenset(state))
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
@@ -486,8 +575,14 @@ def convert_state_dict(
                 missing.append(key)
             elif tuple(state[key].shape) != file_shape:
                 misshaped.append((key, tuple(state[key].shape), file_shape))
+            elif not _is_float(state[key]):
+                bad_dtype.append(f"{key} ({state[key].dtype})")
             else:
-                pieces.append(_to_ours(entry.kind, np.asarray(state[key], dtype=np.float32)))
+                with np.errstate(over="ignore"):  # float64 beyond float32 -> inf, reported just below
+                    value = np.asarray(state[key], dtype=np.float32)
+                if not np.all(np.isfinite(value)):
+                    nonfinite.append(key)  # NaN/Inf in the file, or a float64 value beyond float32
+                pieces.append(_to_ours(entry.kind, value))
         if len(pieces) == int(np.prod(stack_shape, dtype=int)):
             stacked = np.stack(pieces).reshape(param_shape) if stack_shape else pieces[0]
             converted[entry.path] = stacked
@@ -519,6 +614,15 @@ def convert_state_dict(
             message += f"\n  the file looks like {differ}: pass --infer-size to adopt the file's sizes"
         raise CheckpointMismatchError(message, missing, unexpected, misshaped)
 
+    if bad_dtype:
+        raise ConversionError(
+            f"{source}: parameters must be floating-point tensors:" + _listing("non-float keys", bad_dtype)
+        )
+    if nonfinite:
+        raise ConversionError(
+            f"{source}: the checkpoint holds NaN or infinite weights (a diverged or damaged model):"
+            + _listing("non-finite keys", nonfinite)
+        )
     # Every parameter must have a source (all of them unless the adapter keeps its initialisation).
     unmapped = {p for p in params if not (backbone_only and p[0] == "adapter")} - set(converted)
     assert not unmapped, f"parameters without a source key: {sorted(unmapped)}"
@@ -531,7 +635,10 @@ def convert_state_dict(
 
 
 def convert_checkpoint(path: str | os.PathLike, *, model_name: str, scale: int, **kwargs: Any) -> Conversion:
-    """Read a torch.save file (see torch_checkpoint) and convert it; kwargs as convert_state_dict."""
+    """Read a torch.save file (see torch_checkpoint) and convert it; kwargs as convert_state_dict.
+
+    Raises FileNotFoundError, CheckpointFormatError (unreadable, damaged or hostile file) or
+    ConversionError (readable, but not a checkpoint of this model), each naming the file."""
     source = os.fspath(path)
     state, file_scale = extract_state_dict(load_torch_checkpoint(source), source)
     return convert_state_dict(

@@ -1,4 +1,5 @@
-"""Checkpoint conversion: forward parity with a float64 numpy model of the PyTorch layers, key reports."""
+"""Checkpoint conversion: forward parity with a float64 numpy model of the PyTorch layers, MeanShift forms
+and values, key reports."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ import collections
 import jax
 import numpy as np
 import pytest
+from checkpoint_fixtures import (
+    LAYOUT_CASES,
+    MEAN,
+    layout_state_dict,
+    meanshift,
+    release_state_dict,
+    saved_object,
+    upstream_state_dict,
+)
+from flax import nnx
 from torch_format import write_legacy, write_zip
 
 from adadsr_jax.convert import (
@@ -19,114 +30,29 @@ from adadsr_jax.convert import (
 )
 from adadsr_jax.models import get_model_config
 
-MEAN = 255.0 * np.array([0.4488, 0.4371, 0.4040])
-
-# --------------------------------------------------------------------------------------------------
-# Source state dicts, written key by key in PyTorch naming (independent of the converter's tables).
-
-
-class _Maker:
-    """Random PyTorch-layout tensors with PyTorch's default init scale U(+-1/sqrt(fan_in)) x gain."""
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.sd: dict[str, np.ndarray] = collections.OrderedDict()
-
-    def conv(self, name: str, cin: int, cout: int, k: int = 3, gain: float = 1.0, bias_shift: float = 0.0):
-        bound = gain / np.sqrt(cin * k * k)
-        self.sd[f"{name}.weight"] = self.rng.uniform(-bound, bound, (cout, cin, k, k)).astype(np.float32)
-        self.sd[f"{name}.bias"] = (self.rng.uniform(-bound, bound, cout) + bias_shift).astype(np.float32)
-
-    def meanshift(self, name: str, sign: float):
-        self.sd[f"{name}.weight"] = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
-        self.sd[f"{name}.bias"] = (sign * MEAN).astype(np.float32)
-
-    def upsampler(self, prefixes: list[str], c: int, scale: int):
-        rr = 9 if scale == 3 else 4
-        for p in prefixes:
-            self.conv(p, c, c * rr)
-
-
-def release_state_dict(model: str, scale: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """AdaDSR release keys (SPEC 12) for a tiny AdaEDSR / AdaRCAN."""
-    cfg = get_model_config(model)
-    c, m = cfg.num_features, _Maker(seed)
-    m.meanshift("head.0", -1.0)
-    m.conv("head.1", 3, c)
-    if cfg.backbone == "edsr":
-        for i in range(cfg.num_blocks):
-            m.conv(f"block{i}.layer0", c, c)
-            m.conv(f"block{i}.layer2", c, c)
-    else:
-        cr = c // cfg.reduction
-        for g in range(cfg.num_groups):
-            for i in range(cfg.num_blocks):
-                m.conv(f"group{g}.block{i}.layer0", c, c)
-                m.conv(f"group{g}.block{i}.layer2", c, c)
-                m.conv(f"group{g}.block{i}.cuca.conv_du.0", c, cr, k=1, gain=3.0)
-                m.conv(f"group{g}.block{i}.cuca.conv_du.2", cr, c, k=1, gain=3.0)
-            m.conv(f"group{g}.block{cfg.num_blocks}", c, c)
-    m.conv("body_lastconv", c, c)
-    m.upsampler({2: ["up.0.0"], 3: ["up.0"], 4: ["up.0.0", "up.1.0"]}[scale], c, scale)
-    m.conv("tail.0", c, 3)
-    m.meanshift("tail.1", 1.0)
-    if cfg.adaptive:
-        ca = cfg.adapter_features
-        # Small first-layer gain and a positive last bias keep the depth maps fractional and spread over
-        # several blocks, so the masks are really exercised.
-        m.conv("predictor.layer0", c, ca, gain=0.05)
-        for i in range(1, 5):
-            m.sd[f"predictor.layer{i}.0.weight"] = np.array([0.25 + 0.1 * i], np.float32)
-            last = i == 4
-            m.conv(
-                f"predictor.layer{i}.1",
-                ca,
-                cfg.num_maps if last else ca,
-                bias_shift=(0.4 if cfg.backbone == "edsr" else 1.0) if last else 0.0,
-            )
-    return m.sd
-
-
-def upstream_state_dict(layout: str, c: int, blocks: int, groups: int, reduction: int, scale: int, seed=1):
-    """EDSR-PyTorch (layout 'edsr') or RCAN ('rcan') keys, with MeanShift modules."""
-    m = _Maker(seed)
-    m.meanshift("sub_mean", -1.0)
-    m.conv("head.0", 3, c)
-    if layout == "edsr":
-        for i in range(blocks):
-            m.conv(f"body.{i}.body.0", c, c)
-            m.conv(f"body.{i}.body.2", c, c)
-        m.conv(f"body.{blocks}", c, c)
-    else:
-        for g in range(groups):
-            for b in range(blocks):
-                m.conv(f"body.{g}.body.{b}.body.0", c, c)
-                m.conv(f"body.{g}.body.{b}.body.2", c, c)
-                m.conv(f"body.{g}.body.{b}.body.3.conv_du.0", c, c // reduction, k=1, gain=3.0)
-                m.conv(f"body.{g}.body.{b}.body.3.conv_du.2", c // reduction, c, k=1, gain=3.0)
-            m.conv(f"body.{g}.body.{blocks}", c, c)
-        m.conv(f"body.{groups}", c, c)
-    m.upsampler(["tail.0.0", "tail.0.2"] if scale == 4 else ["tail.0.0"], c, scale)
-    m.conv("tail.1", c, 3)
-    m.meanshift("add_mean", 1.0)
-    return m.sd
-
-
 # --------------------------------------------------------------------------------------------------
 # float64 numpy model of the PyTorch layers (NCHW, OIHW), run on the source tensors.
 
 
 def conv(x, sd, name):
-    """nn.Conv2d(k, padding=k//2) cross-correlation: x [N, I, H, W], weight [O, I, k, k] -> [N, O, H, W]."""
+    """nn.Conv2d(k, padding=k//2, groups=G) cross-correlation: x [N, I, H, W], weight [O, I/G, k, k] ->
+    [N, O, H, W]; output channels of group g see input channels g*I/G .. (g+1)*I/G - 1 only."""
     w, b = sd[f"{name}.weight"].astype(np.float64), sd[f"{name}.bias"].astype(np.float64)
     k = w.shape[-1]
     p = k // 2
-    n, _, h, wd = x.shape
+    n, cin, h, wd = x.shape
+    groups = cin // w.shape[1]
+    per_in, per_out = cin // groups, w.shape[0] // groups
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     out = np.zeros((n, w.shape[0], h, wd))
-    for i in range(k):
-        for j in range(k):
-            out += np.einsum("nihw,oi->nohw", xp[:, :, i : i + h, j : j + wd], w[:, :, i, j])
+    for g in range(groups):
+        xs = xp[:, g * per_in : (g + 1) * per_in]
+        ws = w[g * per_out : (g + 1) * per_out]
+        for i in range(k):
+            for j in range(k):
+                out[:, g * per_out : (g + 1) * per_out] += np.einsum(
+                    "nihw,oi->nohw", xs[:, :, i : i + h, j : j + wd], ws[:, :, i, j]
+                )
     return out + b[None, :, None, None]
 
 
@@ -235,87 +161,96 @@ def _rel_err(ours, ref, baseline=0.0):
     return np.abs(ours - ref).max() / np.abs(ref - baseline).max()
 
 
+WRITERS = {"zip": write_zip, "legacy": write_legacy}
+
+
 @pytest.fixture(scope="module")
 def lr_batch():
-    rng = np.random.default_rng(5)
-    return rng.uniform(0, 255, (2, 6, 7, 3)).astype(np.float32)
+    """Two real photograph crops (skimage astronaut and coffee), 10x12 LR, float32 0..255."""
+    from skimage import data
+
+    astronaut = data.astronaut()[180:200:2, 200:224:2]
+    coffee = data.coffee()[150:170:2, 300:324:2]
+    return np.stack([astronaut, coffee]).astype(np.float32)
 
 
-# --------------------------------------------------------------------------------------------------
-# Parity
+# (layout case, preset, scale, format): every layout at tiny and at small size, every scale and both file
+# formats among them (tests/test_convert_cli.py adds x2/x3/x4 of other layouts through the command line).
+PARITY_CASES = [
+    ("release_adaedsr", "adaedsr_tiny", 4, "legacy"),
+    ("release_adarcan", "adarcan_tiny", 4, "zip"),
+    ("release_edsr", "edsr_tiny", 2, "legacy"),
+    ("edsr_pytorch", "edsr_tiny", 4, "zip"),
+    ("rcan", "rcan_tiny", 3, "legacy"),
+    ("release_adaedsr", "adaedsr_small", 2, "zip"),
+    ("release_adarcan", "adarcan_small", 2, "legacy"),
+    ("release_edsr", "edsr_small", 3, "zip"),
+    ("edsr_pytorch", "edsr_small", 3, "legacy"),
+    ("rcan", "rcan_small", 2, "zip"),
+]
 
 
-@pytest.mark.parametrize("scale", [2, 3, 4])
-@pytest.mark.parametrize("model_name", ["adaedsr_tiny", "adarcan_tiny"])
-def test_release_forward_parity(tmp_path, lr_batch, model_name, scale):
+@pytest.mark.parametrize(("case", "model_name", "scale", "fmt"), PARITY_CASES)
+def test_forward_parity_on_a_photo(tmp_path, lr_batch, case, model_name, scale, fmt):
+    """The converted model equals a float64 numpy forward of the PyTorch module on the file's tensors."""
+    _, layout, _, _ = LAYOUT_CASES[case]
     cfg = get_model_config(model_name)
-    sd = release_state_dict(model_name, scale, seed=scale)
-    path = tmp_path / "release.pth"
-    # The release is a PyTorch 1.2-era (legacy) file; alternate with the zip format to cover both.
-    (write_legacy if scale != 3 else write_zip)(path, {"scale": scale, "state_dict": sd})
-    result = convert_checkpoint(path, model_name=model_name, scale=scale)
-    assert result.layout == "adadsr"
-    depth_input = "output" if cfg.backbone == "edsr" else "weight"
-    assert result.overrides == {"res_scale": 1.0, "depth_input": depth_input}
-    assert result.model.config.depth_input == depth_input
+    sd = layout_state_dict(case, model_name, scale, seed=scale)
+    path = tmp_path / f"{case}_x{scale}.pth"
+    WRITERS[fmt](path, saved_object(case, sd, scale))
+    # EDSR-PyTorch's EDSR trains with res_scale 0.1; ask for it to exercise the scaling.
+    res_scale = 0.1 if case == "edsr_pytorch" else None
+    result = convert_checkpoint(path, model_name=model_name, scale=scale, res_scale=res_scale)
+    assert result.layout == layout
+    want = {"res_scale": 0.1 if res_scale else 1.0}
+    depth_input = None
+    if cfg.adaptive:
+        depth_input = "output" if cfg.backbone == "edsr" else "weight"
+        want["depth_input"] = depth_input
+    assert result.overrides == want
+    assert result.model.config.depth_input == (depth_input or cfg.depth_input)
 
+    x = jax.numpy.asarray(lr_batch)
     d = np.array([0.7 * cfg.num_blocks, 1.3 * cfg.num_blocks], np.float32)
-    sr, aux = result.model(jax.numpy.asarray(lr_batch), desired_depth=jax.numpy.asarray(d))
+    if cfg.adaptive:
+        sr, aux = result.model(x, desired_depth=jax.numpy.asarray(d))
+    else:
+        sr, aux = result.model(x)
     ref_sr, ref_dmap = reference_forward(
         sd,
-        "adadsr",
+        layout,
         cfg.backbone,
         scale,
         lr_batch,
         d,
         groups=cfg.num_groups,
         blocks=cfg.num_blocks,
+        res_scale=want["res_scale"],
         depth_input=depth_input,
     )
-    assert sr.shape == ref_sr.shape == (2, 6 * scale, 7 * scale, 3)
-    # The masks must really be exercised: fractional values, spread over more than one block.
-    frac = (ref_dmap % 1.0 > 0.02) & (ref_dmap < cfg.num_blocks)
-    assert frac.mean() > 0.3 and ref_dmap.max() > 1.0, (frac.mean(), ref_dmap.min(), ref_dmap.max())
-    assert _rel_err(aux["depth_map"], ref_dmap) < 1e-5
+    assert sr.shape == ref_sr.shape == (2, 10 * scale, 12 * scale, 3)
+    if cfg.adaptive:
+        # The masks must really be exercised: fractional values, spread over more than one block.
+        frac = (ref_dmap % 1.0 > 0.02) & (ref_dmap < cfg.num_blocks)
+        assert frac.mean() > 0.3 and ref_dmap.max() > 1.0, (frac.mean(), ref_dmap.min(), ref_dmap.max())
+        assert _rel_err(aux["depth_map"], ref_dmap) < 1e-5
     assert _rel_err(sr, ref_sr, baseline=MEAN) < 1e-5
 
 
-@pytest.mark.parametrize("scale", [2, 4])
-def test_upstream_edsr_parity(tmp_path, lr_batch, scale):
-    cfg = get_model_config("edsr_tiny")
-    sd = upstream_state_dict("edsr", cfg.num_features, cfg.num_blocks, 1, 1, scale)
-    path = tmp_path / "edsr.pt"
-    write_zip(path, sd)  # upstream model-zoo files are bare state dicts
-    result = convert_checkpoint(path, model_name="edsr_tiny", scale=scale, res_scale=0.1)
-    assert result.layout == "edsr" and result.overrides == {"res_scale": 0.1}
-    sr, _ = result.model(jax.numpy.asarray(lr_batch))
-    ref, _ = reference_forward(
-        sd, "edsr", "edsr", scale, lr_batch, None, blocks=cfg.num_blocks, res_scale=0.1
+def test_reference_grouped_conv_is_pytorch_groups():
+    """groups=3 1x1 conv (the release's MeanShift) = per-channel scale + bias; full = matrix product."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 2, 2))
+    sd = {"g.weight": np.array([2.0, 3.0, 4.0]).reshape(3, 1, 1, 1), "g.bias": np.array([1.0, 0.0, -1.0])}
+    scale, shift = (
+        np.array([2.0, 3.0, 4.0])[None, :, None, None],
+        np.array([1.0, 0.0, -1.0])[None, :, None, None],
     )
-    assert _rel_err(sr, ref, baseline=MEAN) < 1e-5
-
-
-@pytest.mark.parametrize("scale", [3])
-def test_upstream_rcan_parity(tmp_path, lr_batch, scale):
-    cfg = get_model_config("rcan_tiny")
-    sd = upstream_state_dict("rcan", cfg.num_features, cfg.num_blocks, cfg.num_groups, cfg.reduction, scale)
-    sd = collections.OrderedDict((f"module.{k}", v) for k, v in sd.items())  # saved from DataParallel
-    path = tmp_path / "rcan.pt"
-    write_legacy(path, sd)
-    result = convert_checkpoint(path, model_name="rcan_tiny", scale=scale)
-    assert result.layout == "rcan" and result.overrides == {"res_scale": 1.0}
-    sr, _ = result.model(jax.numpy.asarray(lr_batch))
-    ref, _ = reference_forward(
-        {k[len("module.") :]: v for k, v in sd.items()},
-        "rcan",
-        "rcan",
-        scale,
-        lr_batch,
-        None,
-        groups=cfg.num_groups,
-        blocks=cfg.num_blocks,
-    )
-    assert _rel_err(sr, ref, baseline=MEAN) < 1e-5
+    want = x * scale + shift
+    np.testing.assert_allclose(conv(x, sd, "g"), want, rtol=1e-15)
+    m = rng.standard_normal((3, 3))
+    sd = {"f.weight": m.reshape(3, 3, 1, 1), "f.bias": np.zeros(3)}
+    np.testing.assert_allclose(conv(x, sd, "f"), np.einsum("oi,nihw->nohw", m, x), rtol=1e-13)
 
 
 def test_reference_pixel_shuffle_matches_pytorch_definition():
@@ -388,11 +323,132 @@ def test_scale_mismatch_is_refused(tmp_path):
         convert_state_dict(up, model_name="edsr_tiny", scale=2)
 
 
-def test_meanshift_and_model_mismatches_are_refused():
+# --------------------------------------------------------------------------------------------------
+# MeanShift: both PyTorch forms, values checked
+
+
+def test_meanshift_fixture_values_are_the_pytorch_definitions():
+    """The fixtures' MeanShift tensors: grouped ones/std [3,1,1,1], full eye/std [3,3,1,1], bias
+    sign*255*mean/std with std 1 (all three projects define rgb_std = (1.0, 1.0, 1.0))."""
+    w, b = meanshift(-1.0, "grouped")
+    assert w.shape == (3, 1, 1, 1) and np.all(w == 1.0)
+    np.testing.assert_allclose(b, -255.0 * np.array([0.4488, 0.4371, 0.4040]), rtol=1e-7)
+    w, b = meanshift(1.0, "full")
+    assert w.shape == (3, 3, 1, 1) and np.array_equal(w[:, :, 0, 0], np.eye(3))
+    np.testing.assert_allclose(b, 255.0 * np.array([0.4488, 0.4371, 0.4040]), rtol=1e-7)
+
+
+def _layout_sd(layout: str, form: str) -> tuple[str, dict]:
+    if layout == "adadsr":
+        return "adaedsr_tiny", release_state_dict("adaedsr_tiny", 2, form=form)
+    if layout == "edsr":
+        return "edsr_tiny", upstream_state_dict("edsr", 8, 3, 1, 1, 2, form=form)
+    return "rcan_tiny", upstream_state_dict("rcan", 8, 2, 2, 4, 2, form=form)
+
+
+@pytest.mark.parametrize("layout", ["adadsr", "edsr", "rcan"])
+def test_both_meanshift_forms_are_accepted_in_every_layout(layout):
+    models = {}
+    for form in ("grouped", "full"):
+        model_name, sd = _layout_sd(layout, form)
+        result = convert_state_dict(sd, model_name=model_name, scale=2, source="ms.pth")
+        assert sum(f"({form}) equals our constant" in n for n in result.notes) == 2, result.notes
+        models[form] = result.model
+    # The two forms encode the same constant and the other tensors are identical: same model.
+    a, b = (jax.tree.leaves(nnx.state(models[f], nnx.Param)) for f in ("grouped", "full"))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _with_meanshift(layout, form, prefix_index, weight, bias):
+    model_name, sd = _layout_sd(layout, form)
+    prefix = (("head.0", "tail.1") if layout == "adadsr" else ("sub_mean", "add_mean"))[prefix_index]
+    if weight is not None:
+        sd[f"{prefix}.weight"] = np.asarray(weight, np.float32)
+    if bias is not None:
+        sd[f"{prefix}.bias"] = np.asarray(bias, np.float32)
+    return model_name, sd
+
+
+DIV2K = np.array([0.4488, 0.4371, 0.4040])
+
+
+@pytest.mark.parametrize(
+    ("layout", "form", "index", "std", "mean", "rgb_range", "sign", "message"),
+    [
+        # std 0.5 (weight 2): mean reads back right, std does not.
+        (
+            "adadsr",
+            "grouped",
+            0,
+            0.5,
+            DIV2K,
+            255,
+            -1,
+            "encodes mean (0.4488, 0.4371, 0.4040) and std (0.5000",
+        ),
+        # A model trained on 0..1 images (rgb_range 1): bias -mean.
+        ("adadsr", "grouped", 1, 1.0, DIV2K, 1, 1, "mean (0.0018, 0.0017, 0.0016) and std (1.0000"),
+        # Another dataset's mean (ImageNet), full form.
+        ("edsr", "full", 0, 1.0, [0.485, 0.456, 0.406], 255, -1, "encodes mean (0.4850, 0.4560, 0.4060)"),
+        # Per-channel std of another normalisation, full form.
+        ("rcan", "full", 1, [0.2, 0.3, 0.4], DIV2K, 255, 1, "std (0.2000, 0.3000, 0.4000)"),
+        # The head's shift with the tail's sign: reads back as minus the mean.
+        ("rcan", "grouped", 0, 1.0, DIV2K, 255, 1, "encodes mean (-0.4488, -0.4371, -0.4040)"),
+    ],
+)
+def test_other_normalisations_are_refused_with_the_numbers(
+    layout, form, index, std, mean, rgb_range, sign, message
+):
+    std = np.broadcast_to(np.asarray(std, np.float64), (3,))
+    w, _ = meanshift(sign, form, std=std)
+    bias = sign * rgb_range * np.asarray(mean) / std
+    model_name, sd = _with_meanshift(layout, form, index, w, bias)
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict(sd, model_name=model_name, scale=2, source="ms.pth")
+    text = str(info.value)
+    assert text.startswith("ms.pth: MeanShift ")
+    assert message in text, text
+    assert "this model uses mean (0.4488, 0.4371, 0.4040) (DIV2K) and std (1.0000, 1.0000, 1.0000)" in text
+
+
+@pytest.mark.parametrize(
+    ("weight", "bias", "message"),
+    [
+        (np.eye(3).reshape(3, 3, 1, 1) + 0.1, None, "is not diagonal (largest off-diagonal entry 0.1"),
+        (np.ones((3, 3, 3, 3)), None, "has shape (3, 3, 3, 3), expected (3, 1, 1, 1) (grouped"),
+        (np.ones((1, 1, 1, 1)), None, "has shape (1, 1, 1, 1), expected (3, 1, 1, 1)"),
+        (None, np.zeros(4), "'sub_mean.bias' has shape (4,), expected (3,)"),
+        (np.full((3, 1, 1, 1), np.nan), None, "encodes mean (nan, nan, nan)"),
+    ],
+)
+def test_malformed_meanshift_is_refused(weight, bias, message):
+    model_name, sd = _with_meanshift("edsr", "full", 0, weight, bias)
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict(sd, model_name=model_name, scale=2, source="ms.pth")
+    assert str(info.value).startswith("ms.pth: MeanShift ") and message in str(info.value), str(info.value)
+    del sd["sub_mean.bias"]
+    with pytest.raises(ConversionError, match=r"^ms\.pth: MeanShift 'sub_mean' has no 'sub_mean\.bias'"):
+        convert_state_dict(sd, model_name=model_name, scale=2, source="ms.pth")
+
+
+def test_non_float_and_non_finite_weights_are_refused():
     sd = release_state_dict("adaedsr_tiny", 2)
-    sd["tail.1.bias"] = sd["tail.1.bias"] / 255.0  # a model trained with rgb_range 1
-    with pytest.raises(ConversionError, match=r"MeanShift 'tail\.1\.bias' is \[0\.4488"):
-        convert_state_dict(sd, model_name="adaedsr_tiny", scale=2)
+    sd["block1.layer0.weight"] = sd["block1.layer0.weight"].astype(np.int64)
+    with pytest.raises(ConversionError, match=r"^w\.pth: parameters must be floating-point tensors:\n"):
+        convert_state_dict(sd, model_name="adaedsr_tiny", scale=2, source="w.pth")
+    sd = release_state_dict("adaedsr_tiny", 2)
+    sd["head.1.bias"] = sd["head.1.bias"].copy()
+    sd["head.1.bias"][2] = np.nan
+    sd["tail.0.weight"] = sd["tail.0.weight"].astype(np.float64) * 1e300  # beyond float32
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict(sd, model_name="adaedsr_tiny", scale=2, source="w.pth")
+    assert str(info.value).startswith("w.pth: the checkpoint holds NaN or infinite weights")
+    assert "non-finite keys (2): head.1.bias, tail.0.weight" in str(info.value)
+
+
+def test_model_mismatches_are_refused():
     good = release_state_dict("adaedsr_tiny", 2)
     with pytest.raises(ConversionError, match="AdaEDSR/EDSR release checkpoint, but model 'adarcan_tiny'"):
         convert_state_dict(good, model_name="adarcan_tiny", scale=2)
@@ -413,30 +469,9 @@ def test_cli_reports_errors(tmp_path, capsys):
     del sd["up.0.0.bias"]
     write_zip(path, {"scale": 2, "state_dict": sd})
     code = main([str(path), "--model", "adaedsr_tiny", "--scale", "2", "--out", str(tmp_path / "out")])
-    assert code == 1
+    assert code == 2  # a user error (adadsr_jax.cli's convention)
     assert "missing keys (1): up.0.0.bias" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_cli_writes_a_checkpoint_that_load_model_reads(tmp_path, lr_batch, capsys):
-    from adadsr_jax.training.checkpoints import load_model
-
-    path = tmp_path / "adarcan_x2.pth"
-    write_legacy(path, {"scale": 2, "state_dict": release_state_dict("adarcan_tiny", 2)})
-    out = tmp_path / "converted"
-    assert main([str(path), "--model", "adarcan_tiny", "--scale", "2", "--out", str(out)]) == 0
-    assert "adadsr layout" in capsys.readouterr().out
-    direct = convert_checkpoint(path, model_name="adarcan_tiny", scale=2).model
-    loaded, config = load_model(out)
-    assert config["model"] == {
-        "name": "adarcan_tiny",
-        "scale": 2,
-        "overrides": {"res_scale": 1.0, "depth_input": "weight"},
-    }
-    x = jax.numpy.asarray(lr_batch)
-    sr_direct, _ = direct(x, desired_depth=1.5)
-    sr_loaded, _ = loaded(x, desired_depth=1.5)
-    np.testing.assert_array_equal(np.asarray(sr_loaded), np.asarray(sr_direct))
 
 
 @pytest.mark.parametrize(("scale", "spec_key", "alt_key"), [(3, "up.0", "up.0.0"), (2, "up.0.0", "up.0")])
