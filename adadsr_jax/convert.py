@@ -542,7 +542,7 @@ def convert_state_dict(
         # Every parameter comes from the file, so an abstract model (shapes only) avoids running the
         # random initialisers (slow to compile on CPU).
         model = nnx.eval_shape(build)
-    except ValueError as err:
+    except (ValueError, ZeroDivisionError) as err:  # sizes read off a malformed file (--infer-size)
         raise ConversionError(f"{source}: cannot build model {model_name!r} with {overrides}: {err}") from err
     if backbone_only and model.config.adaptive:
         cfg = model.config

@@ -514,3 +514,15 @@ def test_infer_size_reads_rcan_groups_blocks_and_reduction():
     np.testing.assert_array_equal(
         np.asarray(body.group_end.kernel[...][1]), sd["body.1.body.1.weight"].transpose(2, 3, 1, 0)
     )
+
+
+def test_impossible_sizes_read_with_infer_size_are_refused():
+    """Channel attention wider than the features gives reduction 0: a named error, not a crash."""
+    sd = upstream_state_dict("rcan", 8, 1, 1, 2, 2)
+    sd["body.0.body.0.body.3.conv_du.0.weight"] = np.zeros((16, 8, 1, 1), np.float32)
+    sd["body.0.body.0.body.3.conv_du.0.bias"] = np.zeros(16, np.float32)
+    sd["body.0.body.0.body.3.conv_du.2.weight"] = np.zeros((8, 16, 1, 1), np.float32)
+    with pytest.raises(
+        ConversionError, match=r"^z\.pth: cannot build model 'rcan_tiny' with .*'reduction': 0"
+    ):
+        convert_state_dict(sd, model_name="rcan_tiny", scale=2, infer_size=True, source="z.pth")
