@@ -676,8 +676,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one `error: <path>: <problem>` line (adadsr_jax.cli's convention)."""
+    from adadsr_jax.cli import UserError, require_file, require_output_dir, run_cli
+
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> None:
+        # Both paths are checked before the file is read: --out must be new (or an empty folder) so that
+        # nothing an earlier run wrote is replaced, half of it, by this one.
+        require_file(args.checkpoint, "checkpoint", what="checkpoint file")
+        out = require_output_dir(args.out, "--out")
+        if out.is_dir() and any(out.iterdir()):
+            raise UserError(out, "already exists and is not empty (--out)", "choose a new --out or remove it")
         result = convert_checkpoint(
             args.checkpoint,
             model_name=args.model,
@@ -688,21 +698,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             backbone_only=args.backbone_only,
             seed=args.seed,
         )
-    except (FileNotFoundError, CheckpointFormatError, ConversionError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    from adadsr_jax.training.checkpoints import save_inference_checkpoint
+        from adadsr_jax.training.checkpoints import save_inference_checkpoint
 
-    save_inference_checkpoint(
-        args.out, result.model, model_name=result.model_name, overrides=result.overrides
-    )
-    print(
-        f"converted {args.checkpoint} ({result.layout} layout, {result.converted_keys} tensors) -> "
-        f"{args.out}: model {result.model_name} x{result.scale}, overrides {result.overrides}"
-    )
-    for note in result.notes:
-        print(f"  {note}")
-    return 0
+        save_inference_checkpoint(
+            args.out, result.model, model_name=result.model_name, overrides=result.overrides
+        )
+        print(
+            f"converted {args.checkpoint} ({result.layout} layout, {result.converted_keys} tensors) -> "
+            f"{args.out}: model {result.model_name} x{result.scale}, overrides {result.overrides}"
+        )
+        for note in result.notes:
+            print(f"  {note}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adadsr_jax.cli import UserError, require_checkpoint_dir, require_output_dir, run_cli
 from adadsr_jax.data.images import IMAGE_EXTENSIONS, ImageError, list_images, load_image, save_png
 
 _GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -94,7 +95,7 @@ def output_paths(files: Sequence[Path], out: Path, scale: int) -> list[Path]:
     collide the parent folder's name too (a/x.png, b/x.png -> a_x_png, b_x_png). Deterministic: the
     name depends only on the set of inputs. Raises ValueError, before anything runs, when two inputs
     cannot be told apart this way (x.png and x.PNG in one folder) or when an output would overwrite one
-    of the inputs.
+    of the inputs, and UserError when an output path is taken by a folder.
     """
     levels = [0] * len(files)
     while True:
@@ -120,6 +121,10 @@ def output_paths(files: Sequence[Path], out: Path, scale: int) -> list[Path]:
         for q in (p, p.with_name(p.stem + "_depth.png")):
             if q.resolve() in inputs:
                 raise ValueError(f"{f}: its output {q} is one of the inputs; refusing to overwrite it")
+            if q.exists() and not q.is_file():  # found now, not when saving after the model has run
+                raise UserError(
+                    q, f"the output for {f} exists and is not a file", "move it or choose another --out"
+                )
     return paths
 
 
@@ -150,6 +155,8 @@ def read_input(path: Path, *, convert_16bit: bool = False) -> InputImage:
     """Decode one input per the module policy. Raises ImageError / FileNotFoundError naming the file."""
     from PIL import Image
 
+    if path.is_file() and path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
     try:
         with Image.open(path) as im:
             mode = im.mode
@@ -234,14 +241,19 @@ def run(args) -> list[Path]:
     from adadsr_jax.evaluation.runner import colorize_depth
     from adadsr_jax.training.checkpoints import load_model
 
-    # Same check and message as evaluate.py's --depths, before anything is loaded.
+    # Every flag and path is checked before the model is loaded: a typo fails at once, with nothing written.
+    # Same check and message as evaluate.py's --depths.
     if args.depth is not None and not (math.isfinite(args.depth) and args.depth >= 0):
         raise ValueError(f"bad --depth {str(args.depth)!r}: expected non-negative numbers")
+    if args.tile < 0 or args.tile_overlap < 0:
+        raise UserError("--tile/--tile-overlap", f"must be >= 0, got {args.tile} / {args.tile_overlap}")
     budget = parse_budget(args.budget) if args.budget else None
     files = collect_inputs(args.inputs)
+    source_flag = "--workdir" if args.workdir else "--checkpoint"
+    require_checkpoint_dir(args.workdir or args.checkpoint, source_flag)
+    out_dir = require_output_dir(args.out, "--out")
     model, _ = load_model(args.workdir or args.checkpoint, which=args.which)
     scale = int(model.scale)
-    out_dir = Path(args.out)
     outs = output_paths(files, out_dir, scale)
     predictor = Predictor(
         model,
@@ -283,13 +295,13 @@ def run(args) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one `error: <path>: <problem>` line (adadsr_jax.cli's convention)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         run(args)
-    except (FileNotFoundError, ValueError) as err:  # ImageError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

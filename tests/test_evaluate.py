@@ -130,6 +130,12 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
     assert "| Bicubic | x2 |" in md and "Urban100 (generated LR, 1 images)" in md
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
+    assert {r["dataset"]: r["lr_source"] for r in rows} == {
+        "Set5": "files",
+        "Set14": "files",
+        "B100": "files",
+        "Urban100": "generated",
+    }
     assert all(float(r["release_gmacs"]) > 0 for r in rows if r["method"] == "model")
     assert len(rows) == 16 + 4 * (2 + 1 + 1 + 1)  # a MEAN row per run plus one row per image
 
@@ -171,8 +177,8 @@ def test_cli_errors_are_clear(bench_root, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Manga109" in err and "searched" in err and "LRBI" in err
-    with pytest.raises(SystemExit):
-        main(["--checkpoint", str(ckpt), "--scale", "3", "--datasets", "demo", "--output", out])
+    assert main(["--checkpoint", str(ckpt), "--scale", "3", "--datasets", "demo", "--output", out]) == 2
+    assert "the model is x2 but --scale 3 was given" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpt), "--budget", "2.5x", "--datasets", "demo", "--output", out]) == 2
     assert "bad budget" in capsys.readouterr().err
 

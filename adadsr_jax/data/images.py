@@ -10,7 +10,7 @@ Policy (also in docs/data.md):
 - 16-bit or wider (16-bit PNG/TIFF, ``I;16``, ``I``, ``F``): refused with ``ImageError``. Pillow would
   silently keep only the high byte of 16-bit RGB PNGs; SR training and PSNR are defined on 8-bit data,
   so the user should convert deliberately (e.g. ``round(x / 257)``) rather than get a silent truncation.
-- A file that cannot be decoded (corrupt, truncated, not an image): ``ImageError``.
+- A file that cannot be decoded (corrupt, truncated, not an image; an empty file): ``ImageError``.
 - A path that does not exist: ``FileNotFoundError``.
 Every message names the file and the problem.
 """
@@ -103,6 +103,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
+    if path.stat().st_size == 0:  # Pillow would say "cannot identify image file", which hides the cause
+        raise ImageError(f"{path}: file is empty (0 bytes)")
     return _decode(path, str(path))
 
 
@@ -111,6 +113,8 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
 
     ``what`` names the data in error messages (e.g. a tfds record id).
     """
+    if not data:
+        raise ImageError(f"{what}: file is empty (0 bytes)")
     return _decode(io.BytesIO(data), what)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from adadsr_jax.cli import UserError, require_checkpoint_dir, require_dir, require_output_dir, run_cli
 from adadsr_jax.evaluation.datasets import find_dataset
 from adadsr_jax.evaluation.inference import Predictor, parse_budget
 from adadsr_jax.evaluation.reports import write_all
@@ -70,7 +70,7 @@ def _load(args) -> tuple[object, dict, str]:
 
         from adadsr_jax.models import create_model
 
-        warnings.warn(f"--model {args.model}: random weights, results are meaningless", stacklevel=2)
+        print(f"note: --model {args.model}: random weights, results are meaningless", file=sys.stderr)
         model = create_model(args.model, scale=args.scale or 2, rngs=nnx.Rngs(0))
         info = {
             "name": args.model,
@@ -100,16 +100,39 @@ def _floats(text: str, what: str) -> list[float]:
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise SystemExit(f"error: bad {what} {text!r}: expected a comma list of numbers") from None
-    if not values or any(v < 0 for v in values):
-        raise SystemExit(f"error: bad {what} {text!r}: expected non-negative numbers")
+        raise ValueError(f"bad {what} {text!r}: expected a comma list of numbers") from None
+    if not values or any(not (v >= 0) for v in values):  # `not >=` also refuses nan
+        raise ValueError(f"bad {what} {text!r}: expected non-negative numbers")
     return values
+
+
+def check_args(args) -> None:
+    """Every flag value and path, checked before anything is loaded (UserError / ValueError naming it):
+    a typo fails at once, and nothing is created when it does."""
+    for b in args.budget:
+        parse_budget(b)
+    if args.depths:
+        _floats(args.depths, "--depths")
+    for flag, value in (
+        ("--tile", args.tile),
+        ("--tile-overlap", args.tile_overlap),
+        ("--repeats", args.repeats),
+    ):
+        if value is not None and value < 0:
+            raise UserError(flag, f"must be >= 0, got {value}")
+    if args.workdir or args.checkpoint:
+        flag = "--workdir" if args.workdir else "--checkpoint"
+        require_checkpoint_dir(args.workdir or args.checkpoint, flag)
+    if args.data_root:
+        require_dir(args.data_root, "--data-root")
+    require_output_dir(args.output, "--output")
+    if args.compilation_cache:
+        require_output_dir(args.compilation_cache, "--compilation-cache")
 
 
 def run(args) -> list[RunResult]:
     """Evaluate as `args` says, write the outputs and print one summary line per set and setting."""
-    for b in args.budget:
-        parse_budget(b)  # fail before loading anything
+    check_args(args)
     if args.compilation_cache:
         import jax
 
@@ -119,7 +142,11 @@ def run(args) -> list[RunResult]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     model, info, label = _load(args)
     if args.scale is not None and args.scale != model.scale:
-        raise SystemExit(f"error: the model is x{model.scale} but --scale {args.scale} was given")
+        raise UserError(
+            info["path"] or "--scale",
+            f"the model is x{model.scale} but --scale {args.scale} was given",
+            f"drop --scale or pass --scale {model.scale}",
+        )
     scale = int(model.scale)
     cfg = model.config
     if args.budget and not cfg.adaptive:
@@ -137,8 +164,8 @@ def run(args) -> list[RunResult]:
     predictor = Predictor(
         model, sparse=args.sparse, tile=args.tile, overlap=args.tile_overlap, self_ensemble=args.self_ensemble
     )
+    # Created by the first file written (write_all, save_png), so a run that fails early leaves nothing.
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     runs: list[RunResult] = []
     for bench in benches:
         sub = Path(bench.name) / f"x{scale}"
@@ -155,8 +182,10 @@ def run(args) -> list[RunResult]:
             depth_dir=out / "depth" / sub if args.save_depth_maps else None,
             progress=not args.no_progress,
         )
+        # HR-only sets: LR made here, not the standard files; said on every line, as in every output file.
+        tag = " [LR generated from HR by MATLAB-style bicubic]" if bench.lr_source == "generated" else ""
         for r in set_runs:
-            print(r.summary_line(), flush=True)
+            print(r.summary_line() + tag, flush=True)
         runs += set_runs
     settings = {
         "mode": predictor.mode,
@@ -174,10 +203,10 @@ def run(args) -> list[RunResult]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one `error: <path>: <problem>` line (adadsr_jax.cli's convention)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         run(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)

@@ -69,15 +69,21 @@ def write_json(path: str | Path, document: dict) -> Path:
     return path
 
 
-def write_csv(path: str | Path, runs: Sequence[RunResult]) -> Path:
-    """One row per (dataset, setting, image), plus a row per (dataset, setting) with image "MEAN"."""
+def write_csv(path: str | Path, runs: Sequence[RunResult], *, datasets: Sequence[dict] = ()) -> Path:
+    """One row per (dataset, setting, image), plus a row per (dataset, setting) with image "MEAN".
+
+    lr_source is the set's "files" or "generated" (LR made from HR here) from `datasets` (describe()
+    dicts); empty when the set is not described.
+    """
     path = Path(path)
-    header = ["dataset", "scale", "method", "label", "setting", *IMAGE_FIELDS]
+    lr_source = {(d["name"], d["scale"]): d["lr_source"] for d in datasets}
+    header = ["dataset", "scale", "lr_source", "method", "label", "setting", *IMAGE_FIELDS]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for run in runs:
-            lead = [run.dataset, run.scale, run.method, run.label, setting_slug(run)]
+            source = lr_source.get((run.dataset, run.scale), "")
+            lead = [run.dataset, run.scale, source, run.method, run.label, setting_slug(run)]
             for rec in run.images:
                 writer.writerow(lead + [_cell(getattr(rec, k)) for k in IMAGE_FIELDS])
             m = run.mean()
@@ -259,7 +265,7 @@ def write_all(
         "json": write_json(
             output / "results.json", results_dict(runs, model=model, settings=settings, datasets=datasets)
         ),
-        "csv": write_csv(output / "results.csv", runs),
+        "csv": write_csv(output / "results.csv", runs, datasets=datasets),
         "md": write_markdown(output / "results.md", runs, datasets=datasets),
     }
     for scale in sorted({r.scale for r in runs}):

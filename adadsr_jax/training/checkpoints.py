@@ -15,9 +15,11 @@ before exiting or reading the files.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +39,34 @@ PyTree = Any
 
 def _best_fn(metrics: Mapping[str, float]) -> float:
     return float(metrics[BEST_METRIC])
+
+
+# Orbax's notices, through absl's logger, that say nothing to a user of our commands: opening a manager
+# read-only (what loading always does) and saving without metrics while best_fn is set (a checkpoint
+# saved without validation is simply not a "best" candidate, as documented above).
+_ORBAX_CHATTER = (
+    "CheckpointManagerOptions.read_only=True",
+    "Given directory is read only",
+    "Requested `tracked_metric`; did not provide metrics",
+)
+
+
+class _DropOrbaxChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_ORBAX_CHATTER)
+
+
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+    """Drop only the _ORBAX_CHATTER messages from the absl logger while the block runs (at the call, not
+    globally: every other warning still shows)."""
+    logger = logging.getLogger("absl")
+    chatter = _DropOrbaxChatter()
+    logger.addFilter(chatter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(chatter)
 
 
 def make_manager(
@@ -140,6 +170,16 @@ def _json_default(value: Any) -> Any:
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The run config in `<directory>/config.json`, checked for the model fields load_model needs."""
     directory = Path(directory)
+    if directory.is_file():
+        hint = (
+            "; convert a PyTorch file first: python -m adadsr_jax.convert"
+            if directory.suffix.lower() in (".pt", ".pth", ".pkl", ".tar")
+            else ""
+        )
+        raise NotADirectoryError(
+            f"{directory}: is a file, not a checkpoint directory (a training workdir or a folder written "
+            f"by python -m adadsr_jax.convert){hint}"
+        )
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
     path = directory / CONFIG_FILE
@@ -200,22 +240,23 @@ def load_params(
     ckpt_dir = path / CHECKPOINT_SUBDIR
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{path}: no '{CHECKPOINT_SUBDIR}' folder; nothing was saved here")
-    manager = make_manager(path, read_only=True)
-    try:
-        step = select_step(manager, which)
-        if step is None:
-            raise FileNotFoundError(f"{ckpt_dir}: contains no finished checkpoint")
+    with quiet_orbax():
+        manager = make_manager(path, read_only=True)
         try:
-            restored = manager.restore(
-                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
-            )
-        except (FileNotFoundError, ValueError, KeyError, OSError, TypeError) as e:
-            raise ValueError(
-                f"{ckpt_dir / str(step)}: cannot read the parameters (corrupt, or the config's model "
-                f"does not match them): {type(e).__name__}: {e}"
-            ) from e
-    finally:
-        manager.close()
+            step = select_step(manager, which)
+            if step is None:
+                raise FileNotFoundError(f"{ckpt_dir}: contains no finished checkpoint")
+            try:
+                restored = manager.restore(
+                    step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+                )
+            except (FileNotFoundError, ValueError, KeyError, OSError, TypeError) as e:
+                raise ValueError(
+                    f"{ckpt_dir / str(step)}: cannot read the parameters (corrupt, or the config's model "
+                    f"does not match them): {type(e).__name__}: {e}"
+                ) from e
+        finally:
+            manager.close()
     params = restored["params"]
     # Orbax checks leaf shapes loosely for some layouts; insist on the exact tree the model expects.
     want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), abstract_params)
@@ -250,12 +291,13 @@ def save_inference_checkpoint(
     config = {"model": {"name": model_name, "scale": int(model.scale), "overrides": overrides}}
     write_config(directory, config)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    manager = make_manager(directory, max_to_keep=1, enable_async=False)
-    try:
-        save_checkpoint(manager, int(step), params=params, meta={"step": int(step), "kind": "inference"})
-        manager.wait_until_finished()
-    finally:
-        manager.close()
+    with quiet_orbax():
+        manager = make_manager(directory, max_to_keep=1, enable_async=False)
+        try:
+            save_checkpoint(manager, int(step), params=params, meta={"step": int(step), "kind": "inference"})
+            manager.wait_until_finished()
+        finally:
+            manager.close()
 
 
 def load_model(
@@ -264,7 +306,8 @@ def load_model(
     """The model saved in a training workdir or a `save_inference_checkpoint` directory, and its config.
 
     which="best" takes the step with the highest validation PSNR (the latest when none was recorded).
-    Missing input raises FileNotFoundError, corrupt or mismatched input ValueError; both name the path.
+    Missing input raises FileNotFoundError, a file where the directory should be NotADirectoryError,
+    corrupt or mismatched input ValueError; all name the path.
     """
     config = read_config(path)
     try:

@@ -18,11 +18,14 @@ Sections:
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from adadsr_jax.cli import UserError, require_dir, require_file
 from adadsr_jax.models import get_model_config
 
 
@@ -163,3 +166,43 @@ def paper_config(model_name: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.valid_images = 10
     c.data.valid_lr_crop = 256
     return c
+
+
+def config_file_path(spec: str) -> Path:
+    """The file of `--config <file>.py[:<arg>]`, checked before ml_collections loads it: an existing,
+    non-empty file that compiles. Raises UserError naming the file (ml_collections would raise a chained
+    OSError, or a traceback for a syntax error, instead)."""
+    path = require_file(spec.split(":", 1)[0], "--config", what="config file")
+    try:
+        tree = ast.parse(path.read_bytes(), str(path))
+    except SyntaxError as e:
+        raise UserError(path, f"line {e.lineno}: {e.msg} (--config)") from e
+    except (UnicodeDecodeError, ValueError) as e:
+        raise UserError(path, f"not a Python config file ({e}) (--config)") from e
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    if "get_config" not in names and "*" not in names:
+        raise UserError(path, "defines no get_config() (--config)", "see configs/*.py for the shape of one")
+    return path
+
+
+def check_config_paths(cfg: dict[str, Any]) -> None:
+    """The paths a resolved config names must exist before training builds anything: data.root (kind
+    "folder"), data.data_dir (kind "tfds"), init_from when set. Raises UserError naming the field and the
+    path."""
+    data = cfg["data"]
+    field = {"folder": "root", "tfds": "data_dir"}.get(data["kind"])
+    if field is not None:
+        value = data[field]
+        if not value:
+            kind = data["kind"]
+            raise UserError(f"--config.data.{field}", f"data.kind is {kind!r} but data.{field} is empty")
+        require_dir(value, f"data.{field}", what="data folder")
+    if cfg.get("init_from"):
+        require_dir(cfg["init_from"], "init_from", what="checkpoint directory")
