@@ -23,7 +23,7 @@ def adadsr_loss(
     desired_depth: jax.Array,
     depth_loss_weight: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Batch mean of L1(sr, hr) + lambda * depth_hinge, per sample (SPEC 5).
+    """Batch mean of L1(sr, hr) + lambda * depth_hinge, per sample (docs/method.md, "Training objective").
 
     sr, hr: [N, H, W, 3] on the 0..255 scale (L1 is in those units); depth_map: [N, h, w, G];
     desired_depth: [N]. Returns the scalar loss and {"l1", "depth_loss", "mean_depth_map"} batch means.

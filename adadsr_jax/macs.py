@@ -1,15 +1,15 @@
 """Multiply-accumulate (MAC) counts of an AdaDSR model: dense, executed by sparse inference, and the
-release-compatible figure (SPEC 9).
+release-compatible figure (docs/adaptive_inference.md).
 
 Conventions
 - One MAC = one multiply-add of a convolution (or of the channel-attention MLP). Bias adds, ReLUs,
   residual adds and mask multiplies are not MACs (they are counted only by `release_gmacs`).
 - `dense_macs`: the whole network run densely: every conv at every pixel, 9 taps each (zero-padding
   taps included, as papers count), the adapter included for adaptive models.
-- `executed_macs`: what sparse inference (SPEC 6) must compute for a depth map: block l's first conv at
-  every pixel of the 3x3-dilated active set (where ceil(depth) > l after a 3x3 max), its second conv at
-  the active set (ceil(depth) > l), every other layer (head, adapter, body-end conv, RCAN group-end convs
-  and CA MLPs, upsampler, tail) densely. Tile padding of an implementation is not included.
+- `executed_macs`: what sparse inference (docs/method.md) must compute for a depth map: block l's first
+  conv at every pixel of the 3x3-dilated active set (where ceil(depth) > l after a 3x3 max), its second
+  conv at the active set (ceil(depth) > l), every other layer (head, adapter, body-end conv, RCAN
+  group-end convs and CA MLPs, upsampler, tail) densely. Tile padding of an implementation is not included.
 - XLA's `cost_analysis()["flops"]` counts 2 FLOPs per MAC but skips taps that fall on the zero padding:
   `dense_macs(..., skip_padding=True)` is that count (per 3x3 conv on H x W: (3H - 2)(3W - 2) taps).
 """
@@ -107,8 +107,8 @@ GIGA = 2.0**30
 
 
 def release_gmacs(config: ModelConfig, scale: int, depth_map: np.ndarray | jax.Array) -> np.ndarray:
-    """The AdaDSR release's FLOPs figure per image, in units of 2^30 (SPEC 9), for comparison with the
-    paper's tables.
+    """The AdaDSR release's FLOPs figure per image, in units of 2^30 (docs/evaluation.md), for comparison
+    with the paper's tables.
 
     Counted: each residual block's two convs at the pixels where its mask is > 0 (the release ignores
     the dilated positions the first conv needs), plus per active pixel and block the elementwise ops

@@ -1,4 +1,4 @@
-"""PSNR and SSIM exactly as the super-resolution benchmark protocol computes them (SPEC 9).
+"""PSNR and SSIM exactly as the super-resolution benchmark protocol computes them (docs/evaluation.md).
 
 Protocol (the one EDSR, RCAN and AdaDSR report, and the one users compare against):
   1. the SR image is quantised to uint8 first: clip to 0..255, round (half to even, as numpy/torch do);

@@ -12,6 +12,7 @@ alike. Prints tables and writes JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ from adadsr_jax.kernels import (
     to_padded_flat,
 )
 from adadsr_jax.macs import model_macs
+from adadsr_jax.models.sparse_stacks import block_convs
 
 
 def load() -> str:
@@ -87,22 +89,9 @@ def block_fns(x, mask, params, backends, tile):
     coef = to_padded_flat(m.astype(jnp.float32))[:, 0]
 
     def sparse_block(xf, hf, backend):
-        hf = sparse_conv3x3(
-            xf, hf, rows_dil, count_dil, k0, b0, layout, epilogue="relu", backend=backend, tile=tile
-        )
-        return sparse_conv3x3(
-            hf,
-            xf,
-            rows_act,
-            count_act,
-            k1,
-            b1,
-            layout,
-            epilogue="residual",
-            coef=coef,
-            backend=backend,
-            tile=tile,
-        )
+        conv = functools.partial(sparse_conv3x3, backend=backend, tile=tile)
+        lists = (rows_dil, count_dil, rows_act, count_act)
+        return block_convs(conv, lists, layout, xf, hf, params, xf, "residual", coef)[1]
 
     fns = {"dense": lambda: dense(x), "dense_x_mask": lambda: dense_mask(x, m)}
     hf = jnp.zeros_like(xf)
@@ -183,7 +172,7 @@ def run_model_table(args) -> list[dict]:
 
     model = create_model(args.model, scale=2, rngs=nnx.Rngs(0))
     graph, state = nnx.split(model)
-    # A real photo (SPEC 11): a size x size crop of scikit-image's astronaut as the LR input.
+    # A real photo (docs/data.md): a size x size crop of scikit-image's astronaut as the LR input.
     s = args.model_size
     lr = jnp.asarray(data.astronaut()[:s, 128 : 128 + s].astype(np.float32))[None]
     dense = jax.jit(lambda st, x, d: nnx.merge(graph, st)(x, desired_depth=d))

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adadsr_jax"
 
 # Low to high. A module may import modules of its own package and of lower layers.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "masks", "metrics", "data", "torch_checkpoint"),
+    ("cli", "masks", "metrics", "data", "torch_checkpoint"),
     ("kernels",),
     ("models",),
     ("macs", "losses"),
@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("convert",),
     ("evaluation",),
     ("training",),
-    ("cli", "upscale", "export"),
+    ("upscale", "export"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Benchmark-set discovery: the four folder layouts of SPEC 9, aliases, HR-only sets, clear errors."""
+"""Benchmark-set discovery: the four folder layouts of docs/evaluation.md, aliases, HR-only sets,
+clear errors."""
 
 import numpy as np
 import pytest

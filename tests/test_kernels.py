@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from adadsr_jax.kernels import (
+    SparseConv,
     active_list,
     dense_threshold_for,
     dilate3x3,
@@ -97,14 +98,27 @@ def flat_inputs(mask, dtype=jnp.float32):
     return src, dst, rows, count, coef
 
 
+def operands(src, dst, rows, count, coef, epilogue):
+    """The SparseConv of the module's test conv (kernel K, bias B, LAYOUT)."""
+    return SparseConv(
+        src=src,
+        dst=dst,
+        rows=rows,
+        count=count,
+        kernel=K,
+        bias=B,
+        layout=LAYOUT,
+        epilogue=epilogue,
+        coef=coef,
+    )
+
+
 @pytest.fixture(scope="module")
 def jax_path():
     """The JAX path, jitted once per (epilogue, tile): tile 8 splits lists into many partial tiles."""
 
     def f(src, dst, rows, count, coef, *, epilogue, tile):
-        return sparse_conv3x3_jax(
-            src, dst, rows, count, K, B, LAYOUT, epilogue=epilogue, coef=coef, tile=tile
-        )
+        return sparse_conv3x3_jax(operands(src, dst, rows, count, coef, epilogue), tile=tile)
 
     return jax.jit(f, static_argnames=("epilogue", "tile"))
 
@@ -136,17 +150,7 @@ def test_dispatcher_branches_agree(backend, threshold):
     mask = MASKS["coherent"]
     src, dst, rows, count, coef = flat_inputs(mask)
     out = sparse_conv3x3(
-        src,
-        dst,
-        rows,
-        count,
-        K,
-        B,
-        LAYOUT,
-        epilogue="residual",
-        coef=coef,
-        backend=backend,
-        dense_threshold=threshold,
+        operands(src, dst, rows, count, coef, "residual"), backend=backend, dense_threshold=threshold
     )
     ref = reference(X, DST, mask, K, B, "residual", SOFT)
     np.testing.assert_allclose(np.asarray(from_padded_flat(out, LAYOUT)), ref, rtol=1e-5, atol=2e-5)
@@ -190,15 +194,7 @@ def test_dilate3x3_matches_scipy():
 def pallas_interpret():
     def f(src, dst, rows, count, coef, *, epilogue):
         return sparse_conv3x3_pallas(
-            src,
-            dst,
-            rows,
-            count,
-            K,
-            B,
-            LAYOUT,
-            epilogue=epilogue,
-            coef=coef,
+            operands(src, dst, rows, count, coef, epilogue),
             block_rows=16,
             block_cout=16,
             interpret=True,
@@ -252,10 +248,25 @@ def test_pallas_lowers_for_cuda(channels, dtype):
     coef = jax.ShapeDtypeStruct((layout.rows,), jnp.float32)
 
     def block(x, h_buf, rows, count, k0, b0, k1, b1, coef):
-        h_buf = sparse_conv3x3_pallas(x, h_buf, rows, count, k0, b0, layout, epilogue="relu")
+        def conv(src, dst, kernel, bias, epilogue, coef=None):
+            return sparse_conv3x3_pallas(
+                SparseConv(
+                    src=src,
+                    dst=dst,
+                    rows=rows,
+                    count=count,
+                    kernel=kernel,
+                    bias=bias,
+                    layout=layout,
+                    epilogue=epilogue,
+                    coef=coef,
+                )
+            )
+
+        h_buf = conv(x, h_buf, k0, b0, "relu")
         # "masked" is RCAN's second conv; "residual" EDSR's.
-        r = sparse_conv3x3_pallas(h_buf, x, rows, count, k1, b1, layout, epilogue="masked", coef=coef)
-        return sparse_conv3x3_pallas(r, x, rows, count, k1, b1, layout, epilogue="residual", coef=coef)
+        r = conv(h_buf, x, k1, b1, "masked", coef)
+        return conv(r, x, k1, b1, "residual", coef)
 
     text = (
         jax.jit(block)

@@ -15,7 +15,8 @@ from adadsr_jax.models import create_model, get_model_config
 
 @pytest.mark.parametrize(("scale", "per_pixel"), [(2, 40_732_416), (3, 43_716_096), (4, 50_252_544)])
 def test_paper_edsr_macs_per_lr_pixel(scale, per_pixel):
-    """SPEC 9: pure conv MACs per LR pixel of EDSR 32x256; the AdaEDSR adapter adds 738,432."""
+    """Pure conv MACs per LR pixel of EDSR 32x256 (docs/adaptive_inference.md); the AdaEDSR adapter
+    adds 738,432."""
     assert dense_macs(get_model_config("edsr"), scale, 1, 1) == per_pixel
     assert dense_macs(get_model_config("adaedsr"), scale, 1, 1) == per_pixel + 738_432
 

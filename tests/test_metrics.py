@@ -1,4 +1,5 @@
-"""PSNR/SSIM against scikit-image (the SPEC 9 oracle) and against hand-computed values."""
+"""PSNR/SSIM against scikit-image (the protocol's oracle, docs/evaluation.md) and against
+hand-computed values."""
 
 import math
 

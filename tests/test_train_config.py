@@ -39,19 +39,20 @@ def test_config_files_resolve_to_the_model_defaults(
     name, arg, model, scale, depth_range, weight, eval_depths
 ):
     cfg = resolve_config(load(name, arg))
-    assert cfg["model"]["name"] == model and cfg["model"]["scale"] == scale
-    assert cfg["train"]["depth_range"] == depth_range
-    assert cfg["train"]["depth_loss_weight"] == weight
-    assert cfg["train"]["eval_depths"] == eval_depths
+    assert cfg.model.name == model and cfg.model.scale == scale
+    assert cfg.train.depth_range == tuple(depth_range)
+    assert cfg.train.depth_loss_weight == weight
+    assert cfg.train.eval_depths == tuple(eval_depths)
+    assert resolve_config(cfg.to_dict()) == cfg  # config.json reads back as the same RunConfig
 
 
 def test_paper_presets_use_the_release_optimizer():
     cfg = resolve_config(load("adaedsr", "scale=2"))
-    opt = cfg["optimizer"]
-    assert (opt["name"], opt["lr"], opt["b1"], opt["b2"]) == ("adam", 1e-4, 0.9, 0.999)
-    assert (opt["schedule"], opt["decay_steps"], opt["decay_factor"]) == ("step", 200_000, 0.5)
-    assert (cfg["data"]["batch_size"], cfg["data"]["patch_size"], cfg["data"]["kind"]) == (16, 48, "folder")
-    assert cfg["train"]["steps"] == 800_000
+    opt = cfg.optimizer
+    assert (opt.name, opt.lr, opt.b1, opt.b2) == ("adam", 1e-4, 0.9, 0.999)
+    assert (opt.schedule, opt.decay_steps, opt.decay_factor) == ("step", 200_000, 0.5)
+    assert (cfg.data.batch_size, cfg.data.patch_size, cfg.data.kind) == (16, 48, "folder")
+    assert cfg.train.steps == 800_000
 
 
 def test_overrides_and_explicit_values_win():
@@ -61,9 +62,9 @@ def test_overrides_and_explicit_values_win():
     c.train.depth_range = (2, 10)
     c.train.depth_loss_weight = 0.5
     cfg = resolve_config(c)
-    assert cfg["model"]["overrides"] == {"num_blocks": 16}
-    assert cfg["train"]["depth_range"] == [2.0, 10.0] and cfg["train"]["depth_loss_weight"] == 0.5
-    assert cfg["train"]["eval_depths"] == [4.0, 8.0, 12.0, 16.0]  # from the overridden D = 16
+    assert cfg.model.overrides == (("num_blocks", 16),) and cfg.model.model_config().num_blocks == 16
+    assert cfg.train.depth_range == (2.0, 10.0) and cfg.train.depth_loss_weight == 0.5
+    assert cfg.train.eval_depths == (4.0, 8.0, 12.0, 16.0)  # from the overridden D = 16
 
 
 @pytest.mark.parametrize(
@@ -72,7 +73,9 @@ def test_overrides_and_explicit_values_win():
         ("train.stepz", 3, r"unknown config fields \['train.stepz'\]"),
         ("model.name", "edsr9", "unknown model 'edsr9'"),
         ("model.overrides.num_blockz", 3, "unknown model config fields"),
-        ("model.scale", 5, "model.scale must be 2, 3, 4 or 8"),
+        ("model.scale", 5, "model.scale must be 2, 3 or 4"),
+        ("data.kind", "div2k", "data.kind must be one of"),
+        ("train.steps", "many", "train.steps must be int"),
         ("train.depth_range", (5.0, 1.0), "lo <= hi"),
         ("train.checkpoint_every", 0, "train.checkpoint_every must be >= 1"),
     ],

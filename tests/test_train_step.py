@@ -24,7 +24,7 @@ def test_warmup_step_freezes_the_adapter_and_trains_the_backbone_as_the_plain_mo
         schedule,
         depth_range=(0.0, 3.0),
         depth_loss_weight=0.01,
-        backbone_graphdef=plain_graphdef,
+        backbone_only=True,
         donate=False,
     )
     ref = make_train_step(

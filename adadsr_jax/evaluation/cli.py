@@ -153,7 +153,7 @@ def run(args) -> list[RunResult]:
         raise ValueError(f"--budget needs an adaptive model; {label} has no adapter (one fixed cost)")
     info.update({"adaptive": bool(cfg.adaptive), "max_depth": int(cfg.max_depth)})
     if cfg.adaptive:
-        depths = _floats(args.depths, "--depths") if args.depths else default_depths(cfg.max_depth, True)
+        depths = _floats(args.depths, "--depths") if args.depths else list(default_depths(cfg))
     else:
         if args.depths:
             print(f"note: {label} has no adapter; --depths ignored (it always runs all blocks)")

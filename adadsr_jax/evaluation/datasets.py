@@ -1,6 +1,6 @@
 """Find benchmark sets (Set5, Set14, B100, Urban100, Manga109, DIV2K valid, ...) under a data root.
 
-Layouts recognised (SPEC 9), tried in this order for a set named NAME at scale s:
+Layouts recognised (docs/evaluation.md), tried in this order for a set named NAME at scale s:
   1. EDSR:    <root>[/benchmark]/NAME/HR/baby.png  +  .../NAME/LR_bicubic/X{s}/babyx{s}.png
               DIV2K: <root>[/DIV2K]/DIV2K_valid_HR/0801.png  +  .../DIV2K_valid_LR_bicubic/X{s}/0801x{s}.png
   2. RCAN:    <root>/HR/NAME/x{s}/baby_HR_x{s}.png  +  <root>/LR/LRBI/NAME/x{s}/baby_LRBI_x{s}.png
@@ -27,6 +27,7 @@ import numpy as np
 
 from adadsr_jax.data.bicubic import make_lr
 from adadsr_jax.data.images import IMAGE_EXTENSIONS, list_images, load_image
+from adadsr_jax.data.sources import ImagePair
 
 # Canonical names and the folder names each may have in the wild.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -54,15 +55,6 @@ class ImageItem:
 
 
 @dataclasses.dataclass
-class LoadedPair:
-    """A test pair: lr uint8 [h, w, 3] and hr uint8 [s*h, s*w, 3]."""
-
-    name: str
-    lr: np.ndarray
-    hr: np.ndarray
-
-
-@dataclasses.dataclass
 class BenchmarkSet(Sequence):
     """A discovered test set at one scale; indexing loads (and, for HR-only sets, degrades) an image.
 
@@ -81,18 +73,18 @@ class BenchmarkSet(Sequence):
     def __len__(self) -> int:
         return len(self._demo) if self._demo is not None else len(self.items)
 
-    def __getitem__(self, index: int) -> LoadedPair:  # type: ignore[override]
+    def __getitem__(self, index: int) -> ImagePair:  # type: ignore[override]
         if self._demo is not None:
             pair = self._demo[index]
-            return LoadedPair(str(pair.name), np.asarray(pair.lr), np.asarray(pair.hr))
+            return ImagePair(str(pair.name), np.asarray(pair.lr), np.asarray(pair.hr))
         item = self.items[index]
         hr = load_image(item.hr_path)
         if item.lr_path is None:
-            return LoadedPair(item.name, *make_lr(hr, self.scale))
+            return ImagePair(item.name, *make_lr(hr, self.scale))
         lr = load_image(item.lr_path)
-        return LoadedPair(item.name, lr, match_hr(hr, lr, self.scale, item))
+        return ImagePair(item.name, lr, match_hr(hr, lr, self.scale, item))
 
-    def __iter__(self) -> Iterator[LoadedPair]:
+    def __iter__(self) -> Iterator[ImagePair]:
         for i in range(len(self)):
             yield self[i]
 

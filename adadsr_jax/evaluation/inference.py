@@ -147,6 +147,11 @@ class Predictor:
         self._forward = jax.jit(forward)
 
     # ------------------------------------------------------------------ core runs
+    def set_params(self, params: dict) -> None:
+        """Run from now on with `params` (a pure dict of the model's nnx.Param state, the training
+        loop's form), reusing every compiled forward: the tree structure is unchanged."""
+        nnx.replace_by_pure_dict(self._state, params)
+
     def compiled_count(self) -> int:
         """Number of compiled variants of the forward (one per distinct input shape)."""
         return self._forward._cache_size()

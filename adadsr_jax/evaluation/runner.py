@@ -15,6 +15,7 @@ import numpy as np
 
 from adadsr_jax import metrics
 from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
+from adadsr_jax.models import ModelConfig
 
 IMAGE_FIELDS = (
     "name",
@@ -127,17 +128,14 @@ class RunResult:
             f"latency {fmt(m['latency_ms'], '.1f', ' ms')} ({len(self.images)} images)"
         )
 
-    def metric_pairs(self, prefix: str = "val", *, with_setting: bool = False) -> Iterator[tuple[str, float]]:
-        """(name, value) pairs such as ("val/Set5/psnr_y", 32.1) for loggers; None values are skipped.
-
-        with_setting inserts the setting, e.g. "val/Set5/d16/psnr_y", for sweeps.
-        """
-        key = f"{prefix}/{self.dataset}"
-        if with_setting:
-            key += "/" + setting_slug(self)
+    def metric_pairs(self, prefix: str = "val") -> Iterator[tuple[str, float]]:
+        """(name, value) pairs of the per-set means for loggers, named
+        `<prefix>/<dataset>/<metric>/<setting>`, e.g. ("val/demo/psnr_y/d8", 32.1) or
+        ("val/Set5/psnr_y/bicubic", 30.4); metrics that do not apply (None) are skipped."""
+        slug = setting_slug(self)
         for field, value in self.mean().items():
             if value is not None:
-                yield f"{key}/{field}", float(value)
+                yield f"{prefix}/{self.dataset}/{field}/{slug}", float(value)
 
 
 def setting_slug(run: RunResult) -> str:
@@ -273,11 +271,13 @@ def _model_record(name: str, pred, hr: np.ndarray, scale: int) -> ImageRecord:
     )
 
 
-def default_depths(max_depth: int, adaptive: bool) -> list[float | None]:
-    """The paper's sweep scaled to D: D/4, D/2, 3D/4, D (8, 16, 24, 32 for D = 32; 5..20 for D = 20)."""
-    if not adaptive:
-        return [None]
-    return [max_depth * f for f in (0.25, 0.5, 0.75, 1.0)]
+def default_depths(config: ModelConfig) -> tuple[float, ...]:
+    """The paper's sweep scaled to D: D/4, D/2, 3D/4, D (the release's 8, 16, 24, 32 for D = 32; 5, 10,
+    15, 20 for D = 20) for an adaptive model; (D,) for a plain backbone, which has no other depth."""
+    d = float(config.max_depth)
+    if not config.adaptive:
+        return (d,)
+    return tuple(round(d * q, 3) for q in (0.25, 0.5, 0.75, 1.0))
 
 
 def finite_or_none(value: float | None) -> float | str | None:

@@ -1,5 +1,6 @@
 """Sparse 3x3 convolution for adaptive-depth inference (see kernels/README.md for the contract)."""
 
+from adadsr_jax.kernels.contract import Epilogue, SparseConv
 from adadsr_jax.kernels.dispatch import (
     DENSE_THRESHOLD,
     Backend,
@@ -20,7 +21,7 @@ from adadsr_jax.kernels.layout import (
     prefix_counts,
     to_padded_flat,
 )
-from adadsr_jax.kernels.sparse_conv_jax import Epilogue, sparse_conv3x3_jax
+from adadsr_jax.kernels.sparse_conv_jax import sparse_conv3x3_jax
 from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Backend",
     "Epilogue",
     "PaddedLayout",
+    "SparseConv",
     "active_list",
     "default_backend",
     "dense_conv3x3_padded",

@@ -14,8 +14,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, to_padded_flat
-from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, Epilogue, apply_epilogue, sparse_conv3x3_jax
+from adadsr_jax.kernels.contract import SparseConv, apply_epilogue
+from adadsr_jax.kernels.layout import from_padded_flat, to_padded_flat
+from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, sparse_conv3x3_jax
 from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
 
 Backend = Literal["auto", "pallas", "jax", "dense"]
@@ -62,95 +63,62 @@ def threshold_for(cin: int, cout: int, platform: str | None = None) -> float:
     return dense_threshold_for("gpu" if uses_pallas(cin, cout, platform) else "cpu", cin)
 
 
-def dense_conv3x3_padded(
-    src: jax.Array,
-    dst: jax.Array,
-    rows: jax.Array,
-    count: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array,
-    layout: PaddedLayout,
-    *,
-    epilogue: Epilogue,
-    coef: jax.Array | None = None,
-) -> jax.Array:
-    """The sparse contract computed with XLA's dense convolution (all pixels), then kept at the list only.
-
-    Same arguments and result as `sparse_conv3x3_jax`.
-    """
-    x = from_padded_flat(src, layout)
+def dense_conv3x3_padded(conv: SparseConv) -> jax.Array:
+    """`conv` computed with XLA's dense convolution (all pixels), then kept at the listed rows only: the
+    same result as `sparse_conv3x3_jax`."""
+    conv.check()
+    layout = conv.layout
+    x = from_padded_flat(conv.src, layout)
     y = jax.lax.conv_general_dilated(
         x,
-        kernel.astype(x.dtype),
+        conv.kernel.astype(x.dtype),
         window_strides=(1, 1),
         padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         preferred_element_type=jnp.float32,
-    ) + bias.astype(jnp.float32)
+    ) + conv.bias.astype(jnp.float32)
     yf = to_padded_flat(y)
-    valid = jnp.arange(rows.shape[0]) < count
-    member = jnp.zeros((layout.rows,), bool).at[rows].max(valid)
-    dst_f = dst.astype(jnp.float32) if epilogue == "residual" else None
-    out = apply_epilogue(yf, epilogue, dst_f, None if coef is None else coef.astype(jnp.float32))
+    valid = jnp.arange(conv.rows.shape[0]) < conv.count
+    member = jnp.zeros((layout.rows,), bool).at[conv.rows].max(valid)
+    dst = conv.dst
+    dst_f = dst.astype(jnp.float32) if conv.epilogue == "residual" else None
+    coef = None if conv.coef is None else conv.coef.astype(jnp.float32)
+    out = apply_epilogue(yf, conv.epilogue, dst_f, coef)
     return jnp.where(member[:, None], out.astype(dst.dtype), dst)
 
 
 def sparse_conv3x3(
-    src: jax.Array,
-    dst: jax.Array,
-    rows: jax.Array,
-    count: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array,
-    layout: PaddedLayout,
+    conv: SparseConv,
     *,
-    epilogue: Epilogue,
-    coef: jax.Array | None = None,
     backend: Backend = "auto",
     dense_threshold: float | None = None,
     tile: int = DEFAULT_TILE,
     interpret: bool = False,
 ) -> jax.Array:
-    """3x3 SAME conv of src at rows[:count], written into dst with a fused epilogue.
+    """`conv` (see SparseConv: a 3x3 SAME conv at rows[:count], written into dst with an epilogue) by
+    the implementation `backend` names; returns the new dst [P, Cout].
 
-    src [P, Cin], dst [P, Cout]: padded flat maps (layout.rows rows); rows int32 [K] padded flat rows of
-    the active pixels (a prefix of length count is used); kernel [3, 3, Cin, Cout]; bias [Cout];
-    coef float [P] (res_scale * soft mask for "residual", the soft mask for "masked").
-    Epilogues: "relu" (a block's first conv), "residual" (dst + coef * conv, the second conv; pixels
-    not in the list keep dst, the block's identity), "masked" (coef * conv), "none".
     backend: "auto" (Pallas on GPU, JAX elsewhere, dense above `dense_threshold` active fraction, which
     defaults to `threshold_for(Cin, Cout)`), or force "pallas", "jax" or "dense".
     interpret: run the Pallas kernel (when it is the one chosen) with the Pallas interpreter, on any
     backend: how CPU tests exercise the Pallas path.
     """
-    kwargs = dict(epilogue=epilogue, coef=coef)
-    args = (src, dst, rows, count, kernel, bias, layout)
     if backend == "dense":
-        return dense_conv3x3_padded(*args, **kwargs)
+        return dense_conv3x3_padded(conv)
     if backend == "pallas":
-        return sparse_conv3x3_pallas(*args, **kwargs, interpret=interpret)
+        return sparse_conv3x3_pallas(conv, interpret=interpret)
     if backend == "jax":
-        return sparse_conv3x3_jax(*args, **kwargs, tile=tile)
+        return sparse_conv3x3_jax(conv, tile=tile)
     if backend != "auto":
         raise ValueError(f"backend must be 'auto', 'pallas', 'jax' or 'dense', got {backend!r}")
 
-    cin, cout = kernel.shape[2], kernel.shape[3]
+    cin, cout = conv.channels
     if uses_pallas(cin, cout):
         sparse_impl = functools.partial(sparse_conv3x3_pallas, interpret=interpret)
     else:
         sparse_impl = functools.partial(sparse_conv3x3_jax, tile=tile)
     threshold = threshold_for(cin, cout) if dense_threshold is None else dense_threshold
     if threshold >= 1.0:
-        return sparse_impl(*args, **kwargs)
-
-    # Arrays only cross the cond; the layout and epilogue are static and closed over.
-    def run(impl):
-        def branch(ops):
-            s, d, r, c, k, b, cf = ops
-            return impl(s, d, r, c, k, b, layout, epilogue=epilogue, coef=cf)
-
-        return branch
-
-    use_dense = count > int(threshold * layout.pixels)
-    ops = (src, dst, rows, count, kernel, bias, coef)
-    return jax.lax.cond(use_dense, run(dense_conv3x3_padded), run(sparse_impl), ops)
+        return sparse_impl(conv)
+    use_dense = conv.count > int(threshold * conv.layout.pixels)
+    return jax.lax.cond(use_dense, dense_conv3x3_padded, sparse_impl, conv)

@@ -98,7 +98,7 @@ def dilate3x3(mask: jax.Array) -> jax.Array:
     """3x3 binary dilation of mask [N, H, W] (bool): pixels with an active pixel in their 3x3 window.
 
     Exactly the outputs whose SAME 3x3 conv reads an active input, hence where a block's first conv
-    must run (SPEC 6).
+    must run (docs/method.md, "Sparse inference").
     """
     m = mask.astype(jnp.float32)
     pooled = jax.lax.reduce_window(m, 0.0, jax.lax.max, (1, 3, 3), (1, 1, 1), "SAME")

@@ -1,4 +1,4 @@
-"""Pallas sparse 3x3 convolution for NVIDIA GPUs on the Triton backend (SPEC 7).
+"""Pallas sparse 3x3 convolution for NVIDIA GPUs on the Triton backend (kernels/README.md).
 
 Grid: (tiles of the active list, tiles of Cout). Program (i, j) loads `block_rows` padded flat rows of
 the active list, gathers their 9 taps from the padded flat input through the ref (`src_ref[rows, :]`,
@@ -21,8 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from adadsr_jax.kernels.layout import PaddedLayout
-from adadsr_jax.kernels.sparse_conv_jax import Epilogue
+from adadsr_jax.kernels.contract import Epilogue, SparseConv
 
 
 def _is_pow2(v: int) -> bool:
@@ -74,29 +73,21 @@ def _kernel(
 
 
 def sparse_conv3x3_pallas(
-    src: jax.Array,
-    dst: jax.Array,
-    rows: jax.Array,
-    count: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array,
-    layout: PaddedLayout,
+    conv: SparseConv,
     *,
-    epilogue: Epilogue,
-    coef: jax.Array | None = None,
     block_rows: int = 64,
     block_cout: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
     interpret: bool = False,
 ) -> jax.Array:
-    """Same contract as `sparse_conv3x3_jax` (see there), run as a Pallas Triton kernel.
+    """`conv` (see SparseConv) as a Pallas Triton kernel; returns the new dst [P, Cout].
 
-    src [P, Cin], dst [P, Cout] padded flat; rows int32 [K]; count int32 []; kernel [3, 3, Cin, Cout];
-    bias [Cout]; coef float [P] or None. float32 or bfloat16 maps; accumulation in float32.
-    `interpret=True` runs the kernel body with the Pallas interpreter (any backend, for tests).
+    float32 or bfloat16 maps; accumulation in float32. `interpret=True` runs the kernel body with the
+    Pallas interpreter (any backend, for tests).
     """
-    cin, cout = kernel.shape[2], kernel.shape[3]
+    conv.check()
+    cin, cout = conv.channels
     if not pallas_supported(cin, cout):
         raise ValueError(f"the Triton kernel needs power-of-two channels >= 16, got Cin={cin}, Cout={cout}")
     if not _is_pow2(block_rows) or block_rows < 16:
@@ -105,8 +96,7 @@ def sparse_conv3x3_pallas(
         block_cout = min(cout, 128) if _is_pow2(cout) else 64
     if not _is_pow2(block_cout) or cout % block_cout:
         raise ValueError(f"block_cout {block_cout} must be a power of two dividing Cout={cout}")
-    if epilogue in ("residual", "masked") and coef is None:
-        raise ValueError(f"the {epilogue!r} epilogue needs coef")
+    src, dst, rows, count, coef, layout = conv.src, conv.dst, conv.rows, conv.count, conv.coef, conv.layout
 
     trash = layout.trash_row
     k = rows.shape[0]
@@ -119,14 +109,14 @@ def sparse_conv3x3_pallas(
         coef_rows = jnp.zeros((kp,), jnp.float32)
     else:
         coef_rows = jnp.where(valid, coef[gather_rows].astype(jnp.float32), 0.0)
-    w = kernel.reshape(9, cin, cout).astype(src.dtype)
+    w = conv.kernel.reshape(9, cin, cout).astype(src.dtype)
 
     grid = (kp // block_rows, cout // block_cout)
     list_spec = pl.BlockSpec((block_rows,), lambda i, j: (i,))
     whole = pl.no_block_spec
     body = functools.partial(
         _kernel,
-        epilogue=epilogue,
+        epilogue=conv.epilogue,
         offsets=tuple(int(o) for o in layout.tap_offsets()),
         trash_row=trash,
         block_cout=block_cout,
@@ -140,6 +130,6 @@ def sparse_conv3x3_pallas(
         input_output_aliases={6: 0},
         compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
-        name=f"sparse_conv3x3_{epilogue}",
-    )(gather_rows, store_rows, coef_rows, src, w, bias, dst)
+        name=f"sparse_conv3x3_{conv.epilogue}",
+    )(gather_rows, store_rows, coef_rows, src, w, conv.bias, dst)
     return out

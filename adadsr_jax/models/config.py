@@ -12,12 +12,12 @@ Backbone = Literal["edsr", "rcan"]
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture plus the two method hyper-parameters that belong to a trained AdaDSR model.
+    """The architecture of an AdaDSR model (what its parameters' shapes and its forward depend on).
 
     num_blocks is per group for RCAN. adapter_features=None gives the plain backbone (every mask one).
-    depth_loss_weight is lambda of the depth loss; train_depth_range is the U(lo, hi) the desired depth
-    is drawn from during training. scan_unroll: unroll the scans over residual blocks (None: on CPU only,
-    where XLA runs their gradients far slower rolled; see layers.resolve_scan_unroll).
+    depth_input: how the desired depth enters the adapter ("output" scaling, the AdaEDSR release;
+    "weight" scaling of its first conv, the paper and the AdaRCAN release). Training settings (the depth
+    loss weight, the desired-depth range) live in adadsr_jax.training.config.
     """
 
     backbone: Backbone
@@ -28,9 +28,6 @@ class ModelConfig:
     reduction: int = 16
     adapter_features: int | None = None
     depth_input: DepthInput = "output"
-    depth_loss_weight: float = 0.0
-    train_depth_range: tuple[float, float] = (0.0, 0.0)
-    scan_unroll: bool | None = None
 
     def __post_init__(self):
         if self.backbone not in ("edsr", "rcan"):
@@ -68,8 +65,6 @@ def _adaedsr(blocks: int, features: int, adapter: int) -> ModelConfig:
         blocks,
         adapter_features=adapter,
         depth_input="output",
-        depth_loss_weight=0.01,
-        train_depth_range=(0.0, float(blocks)),
     )
 
 
@@ -86,12 +81,10 @@ def _adarcan(groups: int, blocks: int, features: int, reduction: int, adapter: i
         reduction=reduction,
         adapter_features=adapter,
         depth_input="weight",
-        depth_loss_weight=0.03,
-        train_depth_range=(0.1, float(blocks)),
     )
 
 
-# Paper models (SPEC 2-5). The AdaEDSR release runs res_scale 1 (EDSR's 0.1 is folded into its
+# Paper models (docs/method.md). The AdaEDSR release runs res_scale 1 (EDSR's 0.1 is folded into its
 # weights); upstream EDSR 32x256 checkpoints use 0.1, hence the plain "edsr" preset's value.
 PRESETS: dict[str, ModelConfig] = {
     "edsr": _edsr(32, 256, res_scale=0.1),
@@ -118,6 +111,4 @@ def get_model_config(name: str, **overrides) -> ModelConfig:
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise ValueError(f"unknown model config fields {sorted(unknown)} for {name!r}")
-    if "train_depth_range" in overrides:
-        overrides["train_depth_range"] = tuple(float(v) for v in overrides["train_depth_range"])
     return dataclasses.replace(PRESETS[name], **overrides)

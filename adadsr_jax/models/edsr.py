@@ -33,10 +33,6 @@ class EDSRBody(nnx.Module):
         self.layer0 = StackedConv((num_blocks,), features, features, rngs=rngs)
         self.layer2 = StackedConv((num_blocks,), features, features, rngs=rngs)
 
-    @property
-    def max_depth(self) -> int:
-        return self.num_blocks
-
     def __call__(
         self,
         x: jax.Array,

@@ -22,14 +22,17 @@ class AdaDSR(nnx.Module):
     tail conv C->3 -> MeanShift back.
     """
 
-    def __init__(self, config: ModelConfig, *, scale: int, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, scale: int, rngs: nnx.Rngs, scan_unroll: bool | None = None):
+        """scan_unroll: unroll the scans over residual blocks (None: on CPU only, where XLA runs their
+        gradients far slower rolled; see layers.resolve_scan_unroll). A backend choice, not architecture:
+        it changes neither the parameters nor the outputs."""
         self.config = config
         self.scale = scale
         c = config.num_features
         self.head = Conv(3, c, rngs=rngs)
         if config.backbone == "edsr":
             self.body = EDSRBody(
-                config.num_blocks, c, res_scale=config.res_scale, scan_unroll=config.scan_unroll, rngs=rngs
+                config.num_blocks, c, res_scale=config.res_scale, scan_unroll=scan_unroll, rngs=rngs
             )
         else:
             self.body = RCANBody(
@@ -38,7 +41,7 @@ class AdaDSR(nnx.Module):
                 c,
                 reduction=config.reduction,
                 res_scale=config.res_scale,
-                scan_unroll=config.scan_unroll,
+                scan_unroll=scan_unroll,
                 rngs=rngs,
             )
         self.body_lastconv = Conv(c, c, rngs=rngs)
@@ -66,14 +69,18 @@ class AdaDSR(nnx.Module):
         desired_depth: jax.Array | float | None = None,
         sparse: bool = False,
         sparse_backend: str = "auto",
+        use_adapter: bool = True,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Super-resolve a batch.
 
         lr: [N, h, w, 3] float, 0..255. desired_depth: scalar or [N] (ignored by plain backbones).
+        use_adapter=False runs the backbone alone, every mask one (the adapter is not called, so it gets
+        no gradient): the training warm-up of a model trained from scratch.
         sparse: inference only; compute each residual block only at the pixels its mask needs
-        (adadsr_jax.kernels, SPEC 6): same outputs as the dense call up to float rounding, less work when
-        the depth map is below the maximum depth. sparse_backend: "auto" (Pallas on GPU, JAX on CPU, dense
-        above the measured active fraction), "pallas", "jax" or "dense".
+        (adadsr_jax.kernels; docs/adaptive_inference.md): same outputs as the dense call up to float
+        rounding, less work when the depth map is below the maximum depth. sparse_backend: "auto"
+        (Pallas on GPU, JAX on CPU, dense above the measured active fraction), "pallas", "jax" or
+        "dense".
         Returns sr [N, s*h, s*w, 3] float (0..255, unclipped) and aux with
           "depth_map": [N, h, w, G] float32 (plain backbones: D everywhere),
           "mean_depth": [N], mean of ceil(clip(depth_map, 0, D)) as the release reports it.
@@ -84,7 +91,7 @@ class AdaDSR(nnx.Module):
             raise ValueError(f"lr must be [N, h, w, 3], got shape {lr.shape}")
         mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
         z0 = self.head(lr - mean)
-        depth_map = self.depth_map(z0, desired_depth)
+        depth_map = self.depth_map(z0, desired_depth) if use_adapter else None
         body = self.body(z0, depth_map, sparse=sparse, sparse_backend=sparse_backend)
         z = z0 + self.body_lastconv(body)
         sr = self.tail(self.up(z)) + mean
@@ -99,10 +106,12 @@ class AdaDSR(nnx.Module):
         return sr, aux
 
 
-def create_model(name: str, *, scale: int, rngs: nnx.Rngs, **overrides) -> AdaDSR:
+def create_model(
+    name: str, *, scale: int, rngs: nnx.Rngs, scan_unroll: bool | None = None, **overrides
+) -> AdaDSR:
     """Build a preset by name ("edsr", "rcan", "adaedsr", "adarcan", and *_small / *_tiny variants).
 
     `overrides` replace ModelConfig fields, e.g. create_model("adaedsr", scale=2, rngs=nnx.Rngs(0),
     num_blocks=16).
     """
-    return AdaDSR(get_model_config(name, **overrides), scale=scale, rngs=rngs)
+    return AdaDSR(get_model_config(name, **overrides), scale=scale, rngs=rngs, scan_unroll=scan_unroll)

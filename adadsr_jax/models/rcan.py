@@ -54,10 +54,6 @@ class RCANBody(nnx.Module):
         self.ca_up = StackedDense(stack, features // reduction, features, rngs=rngs)
         self.group_end = StackedConv((num_groups,), features, features, rngs=rngs)
 
-    @property
-    def max_depth(self) -> int:
-        return self.num_blocks
-
     def __call__(
         self,
         x: jax.Array,

@@ -8,11 +8,13 @@ layout for the whole stack, so no block pads or crops.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from adadsr_jax.kernels.contract import Epilogue, SparseConv
 from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3
 from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, layout_of, to_padded_flat
 from adadsr_jax.kernels.plan import IndexMode, block_lists, make_plan, use_dense_stack
@@ -36,6 +38,42 @@ def run_sparse_stack(
     if backend != "auto":
         return sparse(x)
     return jax.lax.cond(use_dense_stack(depth_map, num_blocks, x.shape[-1]), dense, sparse, x)
+
+
+def block_convs(
+    conv: Callable[[SparseConv], jax.Array],
+    lists: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    layout: PaddedLayout,
+    xf: jax.Array,
+    hf: jax.Array,
+    weights: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    dst: jax.Array,
+    epilogue: Epilogue,
+    coef: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """A block's two convs on padded flat maps: relu(conv0(xf)) on the dilated active set into the hidden
+    map hf, then conv1 of it on the active set into `dst` with `epilogue` and `coef`.
+
+    conv: SparseConv -> new dst (e.g. `sparse_conv3x3` with a backend); lists: (rows_dil, count_dil,
+    rows_act, count_act); weights: (k0, b0, k1, b1). Returns (hf, out)."""
+    rows_dil, count_dil, rows_act, count_act = lists
+    k0, b0, k1, b1 = weights
+    first = SparseConv(
+        src=xf, dst=hf, rows=rows_dil, count=count_dil, kernel=k0, bias=b0, layout=layout, epilogue="relu"
+    )
+    hf = conv(first)
+    second = SparseConv(
+        src=hf,
+        dst=dst,
+        rows=rows_act,
+        count=count_act,
+        kernel=k1,
+        bias=b1,
+        layout=layout,
+        epilogue=epilogue,
+        coef=coef,
+    )
+    return hf, conv(second)
 
 
 def sparse_edsr_stack(
@@ -63,26 +101,14 @@ def sparse_edsr_stack(
     # conv never reads (its taps at active pixels all lie in the dilated set), so it is not cleared.
     hf = jnp.zeros_like(xf)
 
+    conv = functools.partial(sparse_conv3x3, backend=backend, interpret=interpret)
+
     def block(carry, p):
         xf, hf = carry
         k0, b0, k1, b1, index = p
-        rows_dil, count_dil, rows_act, count_act = block_lists(plan, index)
-        hf = sparse_conv3x3(
-            xf, hf, rows_dil, count_dil, k0, b0, layout, epilogue="relu", backend=backend, interpret=interpret
-        )
         coef = res_scale * jnp.clip(plan["depth"] - index.astype(jnp.float32), 0.0, 1.0)
-        xf = sparse_conv3x3(
-            hf,
-            xf,
-            rows_act,
-            count_act,
-            k1,
-            b1,
-            layout,
-            epilogue="residual",
-            coef=coef,
-            backend=backend,
-            interpret=interpret,
+        hf, xf = block_convs(
+            conv, block_lists(plan, index), layout, xf, hf, (k0, b0, k1, b1), xf, "residual", coef
         )
         return (xf, hf), None
 
@@ -124,26 +150,15 @@ def sparse_rcan_group(
     xf = to_padded_flat(x)
     hf = jnp.zeros_like(xf)
 
+    conv = functools.partial(sparse_conv3x3, backend=backend, interpret=interpret)
+
     def run_block(carry, p):
         xf, hf = carry
         k0, b0, k1, b1, dk, db, uk, ub, index = p
-        rows_dil, count_dil, rows_act, count_act = block_lists(plan, index)
-        hf = sparse_conv3x3(
-            xf, hf, rows_dil, count_dil, k0, b0, layout, epilogue="relu", backend=backend, interpret=interpret
-        )
         mask = jnp.clip(plan["depth"] - index.astype(jnp.float32), 0.0, 1.0)
-        rf = sparse_conv3x3(
-            hf,
-            jnp.zeros_like(xf),
-            rows_act,
-            count_act,
-            k1,
-            b1,
-            layout,
-            epilogue="masked",
-            coef=mask,
-            backend=backend,
-            interpret=interpret,
+        lists = block_lists(plan, index)
+        hf, rf = block_convs(
+            conv, lists, layout, xf, hf, (k0, b0, k1, b1), jnp.zeros_like(xf), "masked", mask
         )
         pooled = rf[: layout.trash_row].reshape(n, layout.image_rows, c).sum(axis=1) / (h * w)
         hidden = jax.nn.relu(pooled @ dk.astype(pooled.dtype) + db.astype(pooled.dtype))

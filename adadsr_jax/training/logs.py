@@ -26,6 +26,33 @@ class MetricWriter:
 
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
+    def drop_records(self, *, after_step: int, at_step_splits: tuple[str, ...] = ()) -> None:
+        """Remove the records of steps after `after_step` (and of `at_step_splits` at that step) from
+        metrics.jsonl: a resumed run writes those steps again, and each must be in the file once.
+        TensorBoard's event files are append-only; its viewer shows the newest value of a repeated step."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+
+        def kept(line: str) -> bool:
+            if not line.strip():
+                return False
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill: the step is redone
+                return False
+            step = int(record.get("step", 0))
+            return step < after_step or (step == after_step and record.get("split") not in at_step_splits)
+
+        keep = [line for line in lines if kept(line)]
+        if len(keep) == len(lines):
+            return
+        self._file.close()
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a")
+
     def write(self, step: int, split: str, metrics: Mapping[str, float | int | str]) -> None:
         if not self.enabled:
             return

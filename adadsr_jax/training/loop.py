@@ -4,6 +4,10 @@
 latest checkpoint in `workdir` when there is one; a resumed run ends with exactly the parameters of an
 uninterrupted one (same devices), because the batches, the desired depths and the optimizer state are all
 pure functions of (seed, step) or restored from the checkpoint.
+
+The pieces, in the order a run meets them: `compiled_functions` (the jitted steps, cached per model,
+optimizer, loss settings and mesh), `Run.initialise_or_restore`, `Run.step_loop` with its three hooks
+(`log`, `validate`, `save`), and `Run.finish`.
 """
 
 from __future__ import annotations
@@ -13,10 +17,8 @@ import functools
 import json
 import math
 import signal
-import sys
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +26,26 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 from tqdm import tqdm
 
 from adadsr_jax.data import TrainBatches, make_source
-from adadsr_jax.models import get_model_config
-from adadsr_jax.training import checkpoints as ck
-from adadsr_jax.training import parallel
-from adadsr_jax.training.config import resolve_config
+from adadsr_jax.evaluation.inference import Predictor
+from adadsr_jax.models import AdaDSR
+from adadsr_jax.training import checkpoints, parallel
+from adadsr_jax.training.config import ModelSection, OptimizerConfig, RunConfig, resolve_config
 from adadsr_jax.training.logs import MetricWriter
 from adadsr_jax.training.optim import make_optimizer
-from adadsr_jax.training.step import all_finite, make_eval_fn, make_train_step
-from adadsr_jax.training.validation import depth_tag, load_validation_set, source_kwargs, validate
-
-PyTree = Any
+from adadsr_jax.training.step import all_finite, make_train_step
+from adadsr_jax.training.validation import (
+    BEST_METRIC,
+    ValidationSet,
+    load_validation_set,
+    metric_name,
+    source_kwargs,
+    validation_metrics,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,7 +56,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     step: int  # updates done
     status: str  # "completed" or "preempted"
-    params: PyTree  # numpy pure dict (this host's copy)
+    params: Any  # numpy pure dict (this host's copy)
     validation: dict[str, float]  # the last validation metrics ({} when none ran)
 
 
@@ -82,100 +90,385 @@ class _StopRequest:
             self._previous = None
 
 
-def init_backbone_from(params: PyTree, path: str | Path) -> tuple[PyTree, int, dict]:
+def init_backbone_from(params: dict, path: str | Path) -> tuple[dict, int, dict]:
     """Replace every non-adapter parameter of `params` by the one in checkpoint `path` (a training workdir
     or an inference checkpoint); the adapter keeps its fresh initialisation. Shapes must match."""
-    src_cfg = ck.read_config(path)
-    src_state = nnx.state(ck.abstract_model(src_cfg), nnx.Param)
-    src_params, src_step = ck.load_params(path, ck.abstract_tree(nnx.to_pure_dict(src_state)))
+    source_config = checkpoints.read_config(path)
+    source_state = nnx.state(checkpoints.abstract_model(source_config), nnx.Param)
+    abstract = checkpoints.abstract_tree(nnx.to_pure_dict(source_state))
+    source_params, source_step = checkpoints.load_params(path, abstract)
     out = dict(params)
     for key, value in params.items():
         if key == "adapter":
             continue
-        if key not in src_params:
+        if key not in source_params:
             raise ValueError(f"init_from {path}: its model has no '{key}' parameters")
         want = jax.tree.map(np.shape, value)
-        got = jax.tree.map(np.shape, src_params[key])
+        got = jax.tree.map(np.shape, source_params[key])
         if want != got:
             raise ValueError(f"init_from {path}: '{key}' shapes differ: checkpoint {got}, model {want}")
-        out[key] = src_params[key]
-    return out, src_step, src_cfg
+        out[key] = source_params[key]
+    return out, source_step, source_config
 
 
 @dataclasses.dataclass(frozen=True)
-class _Functions:
+class StepFunctions:
+    """The compiled pieces of a run (one compile per model, optimizer, loss settings and mesh)."""
+
     graphdef: nnx.GraphDef
-    tx: Any
+    optimizer: optax.GradientTransformation
     init_params: Any  # key -> params pure dict (one compiled program instead of eager per-shape inits)
-    init_opt: Any
+    init_opt_state: Any
     train_step: Any
-    warmup_step: Any  # backbone only (adaptive models; None for plain ones); jit compiles it lazily
-    eval_fn: Any
+    warmup_step: Any  # the backbone alone (adaptive models; None for plain ones); compiled lazily
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(
-    model_json: str, optimizer_json: str, depth_range, depth_loss_weight: float, mesh
-) -> _Functions:
-    """The jitted functions of a run, cached per (model, optimizer, loss settings, mesh) so that several
-    runs in one process (tests, notebooks) compile once."""
-    model_cfg = json.loads(model_json)
-    tx, schedule = make_optimizer(json.loads(optimizer_json))
-    rep = parallel.replicated_sharding(mesh)
+def compiled_functions(
+    model: ModelSection,
+    optimizer_config: OptimizerConfig,
+    depth_range: tuple[float, float],
+    depth_loss_weight: float,
+    mesh: jax.sharding.Mesh,
+) -> StepFunctions:
+    """The jitted functions of a run, cached so that several runs in one process (tests, notebooks)
+    compile once."""
+    model_config = model.model_config()
+    optimizer, schedule = make_optimizer(dataclasses.asdict(optimizer_config))
+    replicated = parallel.replicated_sharding(mesh)
 
     def build(key):
-        return ck.model_from_config({"model": model_cfg}, rngs=nnx.Rngs(params=key))
+        return AdaDSR(model_config, scale=model.scale, rngs=nnx.Rngs(params=key))
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(jax.random.key(0))), nnx.Param)
-    init_params = jax.jit(lambda key: nnx.to_pure_dict(nnx.state(build(key), nnx.Param)))
-    train_step = make_train_step(
-        graphdef, tx, schedule, depth_range=depth_range, depth_loss_weight=depth_loss_weight, replicated=rep
-    )
-    warmup_step = None
-    if get_model_config(model_cfg["name"], **model_cfg["overrides"]).adaptive:
-        plain = dict(model_cfg, overrides=dict(model_cfg["overrides"], adapter_features=None))
-        backbone_graphdef, _ = nnx.split(ck.abstract_model({"model": plain}), nnx.Param)
-        warmup_step = make_train_step(
-            graphdef,
-            tx,
-            schedule,
-            depth_range=depth_range,
-            depth_loss_weight=0.0,
-            replicated=rep,
-            backbone_graphdef=backbone_graphdef,
-        )
-    return _Functions(
-        graphdef,
-        tx,
-        init_params,
-        jax.jit(tx.init, out_shardings=rep),
-        train_step,
-        warmup_step,
-        make_eval_fn(graphdef),
+    step_kwargs = dict(depth_range=depth_range, depth_loss_weight=depth_loss_weight, replicated=replicated)
+    return StepFunctions(
+        graphdef=graphdef,
+        optimizer=optimizer,
+        init_params=jax.jit(lambda key: nnx.to_pure_dict(nnx.state(build(key), nnx.Param))),
+        init_opt_state=jax.jit(optimizer.init, out_shardings=replicated),
+        train_step=make_train_step(graphdef, optimizer, schedule, **step_kwargs),
+        warmup_step=(
+            make_train_step(graphdef, optimizer, schedule, **step_kwargs, backbone_only=True)
+            if model_config.adaptive
+            else None
+        ),
     )
 
 
-def _check_config_matches(workdir: Path, cfg: Mapping[str, Any]) -> None:
-    path = workdir / ck.CONFIG_FILE
-    if not path.is_file() or not (workdir / ck.CHECKPOINT_SUBDIR).is_dir():
+def check_config_matches(workdir: Path, cfg: RunConfig) -> None:
+    """A workdir that holds checkpoints of a run resumes only that run: same model, same batches."""
+    path = workdir / checkpoints.CONFIG_FILE
+    if not path.is_file() or not (workdir / checkpoints.CHECKPOINT_SUBDIR).is_dir():
         return
     old = json.loads(path.read_text())
-    for section in ("model",):
-        if old.get(section) != json.loads(json.dumps(cfg[section])):
-            raise ValueError(
-                f"{path}: this workdir holds a run of a different {section} ({old.get(section)}); "
-                f"use a new --workdir or the same {section} settings"
-            )
+    new = cfg.to_dict()
+    if old.get("model") != new["model"]:
+        raise ValueError(
+            f"{path}: this workdir holds a run of a different model ({old.get('model')}); "
+            f"use a new --workdir or the same model settings"
+        )
     for key in ("batch_size", "patch_size", "kind"):
-        if old.get("data", {}).get(key) != cfg["data"][key]:
+        if old.get("data", {}).get(key) != new["data"][key]:
             raise ValueError(
                 f"{path}: the saved run has data.{key}={old.get('data', {}).get(key)!r}, this one "
-                f"{cfg['data'][key]!r}; resuming would not continue the same batches"
+                f"{new['data'][key]!r}; resuming would not continue the same batches"
             )
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What changes as the run goes: parameters and optimizer state (replicated over the mesh), the
+    number of updates done, the data iterator's restored state, and the last saved step."""
+
+    params: Any
+    opt_state: Any
+    step: int
+    data_state: dict | None = None
+    last_saved: int | None = None
+
+
+class Run:
+    """One training run in one workdir: the only place that wires data, state, checkpoints and logs."""
+
+    def __init__(self, cfg: RunConfig, workdir: Path, mesh: jax.sharding.Mesh):
+        self.cfg = cfg
+        self.workdir = workdir
+        self.mesh = mesh
+        self.main_host = jax.process_index() == 0
+        self.functions = compiled_functions(
+            cfg.model, cfg.optimizer, cfg.train.depth_range, cfg.train.depth_loss_weight, mesh
+        )
+        self.base_key = jax.random.key(cfg.train.seed)
+        self.replicated = parallel.replicated_sharding(mesh)
+        self.manager = checkpoints.make_manager(workdir, max_to_keep=cfg.train.keep_checkpoints)
+        self.stop = _StopRequest(multihost=jax.process_count() > 1)
+        self.writer: MetricWriter | None = None
+        self.batches: TrainBatches | None = None
+        self.progress: tqdm | None = None
+
+    def say(self, text: str) -> None:
+        if self.main_host:
+            print(text)
+
+    # ------------------------------------------------------------------ set-up
+    def initialise_or_restore(self, fresh: dict) -> TrainState:
+        """The state to start from: `fresh` parameters (host arrays; the backbone from init_from when
+        set) or the latest checkpoint's state."""
+        latest = self.manager.latest_step()
+        if latest is None:
+            if self.cfg.init_from:
+                fresh, source_step, source_config = init_backbone_from(fresh, self.cfg.init_from)
+                self.say(
+                    f"Initialised the backbone from {self.cfg.init_from} (step {source_step}, model "
+                    f"{source_config['model']['name']}); the adapter is freshly initialised."
+                )
+            params = parallel.replicate(fresh, self.replicated)
+            return TrainState(params, self.functions.init_opt_state(params), step=0)
+        abstract_params = checkpoints.abstract_tree(fresh, self.replicated)
+        abstract_opt = checkpoints.abstract_tree(
+            jax.eval_shape(self.functions.optimizer.init, abstract_params), self.replicated
+        )
+        restored = checkpoints.restore_checkpoint(
+            self.manager, latest, abstract_params=abstract_params, abstract_opt_state=abstract_opt
+        )
+        meta = restored["meta"]
+        self.say(f"Resumed from {self.manager.directory / str(latest)} at step {meta['step']}.")
+        return TrainState(
+            restored["params"], restored["opt_state"], int(meta["step"]), meta["data"], last_saved=latest
+        )
+
+    def open_logs_and_data(self, state: TrainState) -> None:
+        data, scale = self.cfg.data, self.cfg.model.scale
+        # Records past the restored step belong to steps this run does again: drop them, so that
+        # metrics.jsonl holds each step once. A finished run validates its last step again, too.
+        redone = ("valid", "final") if state.step >= self.cfg.train.steps else ()
+        self.writer = MetricWriter(self.workdir, enabled=self.main_host)
+        self.writer.drop_records(after_step=state.step, at_step_splits=redone)
+        source = make_source(data.kind, **source_kwargs(data, scale=scale, split="train"))
+        self.batches = TrainBatches(
+            source,
+            batch_size=data.batch_size,
+            patch_size=data.patch_size,
+            scale=scale,
+            seed=self.cfg.train.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            augment=data.augment,
+            prefetch=data.prefetch,
+        )
+        if state.data_state is not None:
+            self.batches.set_state(state.data_state)
+        self.validation_set = load_validation_set(data, scale=scale)
+        # Validation runs on this host's first device alone (every host computes the same numbers), so it
+        # needs no global arrays: a one-device mesh replaces the data mesh meanwhile.
+        self.eval_mesh = parallel.data_mesh([jax.local_devices()[0]])
+        with jax.set_mesh(self.eval_mesh):
+            model = nnx.merge(self.functions.graphdef, parallel.local_copy(state.params))
+            self.predictor = Predictor(model)
+
+    # ------------------------------------------------------------------ hooks
+    def ensure_finite(self, state: TrainState) -> None:
+        if not bool(all_finite(state.params)):
+            raise NonFiniteLossError(
+                f"the parameters became NaN/Inf by step {state.step}; not saving them. The last good "
+                f"checkpoint is {self.describe_checkpoint(state.last_saved)}."
+            )
+
+    def checked_metrics(self, step: int, metrics: dict) -> dict[str, float]:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(values["loss"]):
+            raise NonFiniteLossError(
+                f"the training loss became {values['loss']} at step {step}; training stopped and nothing "
+                f"after the last good checkpoint was saved "
+                f"({self.describe_checkpoint(self.state.last_saved)}). "
+                f"Lower optimizer.lr or set optimizer.grad_clip_norm, then rerun to resume from that "
+                f"checkpoint."
+            )
+        return values
+
+    def log(self, step: int, values: dict[str, float], steps_per_sec: float) -> None:
+        values = dict(
+            values, steps_per_sec=steps_per_sec, patches_per_sec=steps_per_sec * self.cfg.data.batch_size
+        )
+        self.writer.write(step, "train", values)
+        self.progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2g}", refresh=False)
+
+    def validate(self, state: TrainState) -> dict[str, float]:
+        # Checked first: validating NaN parameters would fail inside the metrics instead.
+        self.ensure_finite(state)
+        with jax.set_mesh(self.eval_mesh):
+            self.predictor.set_params(parallel.local_copy(state.params))
+            values = validation_metrics(self.predictor, self.validation_set, self.cfg.train.eval_depths)
+        self.writer.write(state.step, "valid", values)
+        return values
+
+    def save(self, state: TrainState, validation: dict[str, float] | None) -> None:
+        if state.step == state.last_saved:
+            return
+        self.ensure_finite(state)
+        meta = {
+            "step": state.step,
+            "rng_key": np.asarray(jax.random.key_data(self.base_key)).tolist(),
+            "data": self.batches.get_state(),
+        }
+        metrics = None if validation is None else {BEST_METRIC: validation[BEST_METRIC]}
+        with checkpoints.quiet_orbax():
+            checkpoints.save_checkpoint(
+                self.manager,
+                state.step,
+                params=state.params,
+                opt_state=state.opt_state,
+                meta=meta,
+                metrics=metrics,
+            )
+        state.last_saved = state.step
+
+    # ------------------------------------------------------------------ the loop
+    def step_loop(self, state: TrainState) -> tuple[str, dict[str, float], int | None]:
+        """Train until cfg.train.steps or a stop request; returns (status, last validation, its step)."""
+        every = self.cfg.train
+        functions = self.functions
+        batch_sharding = parallel.batch_sharding(self.mesh)
+        validation: dict[str, float] = {}
+        validated_at = None
+        pending = None  # the last step's metrics, checked while the next step runs
+        timer, timer_step = time.perf_counter(), state.step
+        while state.step < every.steps:
+            if self.stop(state.step):
+                return "preempted", validation, validated_at
+            batch = parallel.global_batch(next(self.batches), batch_sharding)
+            warming_up = state.step < every.backbone_warmup_steps and functions.warmup_step is not None
+            step_fn = functions.warmup_step if warming_up else functions.train_step
+            state.params, state.opt_state, metrics = step_fn(
+                state.params, state.opt_state, batch["lr"], batch["hr"], jnp.int32(state.step), self.base_key
+            )
+            state.step += 1
+            if pending is not None:
+                values = self.checked_metrics(*pending)
+                self.progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+            pending = (state.step, metrics)
+            self.progress.update(1)
+            at_end = state.step == every.steps
+            do_log = state.step % every.log_every == 0 or at_end
+            do_eval = state.step % every.eval_every == 0 or at_end
+            do_save = state.step % every.checkpoint_every == 0 or at_end
+            if not (do_log or do_eval or do_save):
+                continue
+            values, pending = self.checked_metrics(*pending), None
+            if do_log:
+                self.log(
+                    state.step, values, (state.step - timer_step) / max(time.perf_counter() - timer, 1e-9)
+                )
+            if do_eval:
+                validation, validated_at = self.validate(state), state.step
+                self.progress.write(self.validation_line(state.step, validation))
+            if do_save:
+                self.save(state, validation if validated_at == state.step else None)
+            timer, timer_step = time.perf_counter(), state.step
+        if pending is not None:
+            self.checked_metrics(*pending)
+        return "completed", validation, validated_at
+
+    def finish(
+        self, state: TrainState, status: str, validation: dict, validated_at: int | None
+    ) -> TrainResult:
+        self.progress.close()
+        if status == "preempted":
+            self.save(state, None)
+            self.manager.wait_until_finished()
+            self.say(
+                f"Stopped by SIGTERM at step {state.step}; checkpoint saved in {self.manager.directory}. "
+                f"Run the same command again to resume."
+            )
+        else:
+            self.save(state, validation if validated_at == state.step else None)
+            if validated_at != state.step:
+                validation = self.validate(state)
+            self.writer.write(state.step, "final", validation)
+            self.say(self.summary(validation))
+        return TrainResult(state.step, status, parallel.host_tree(state.params), validation)
+
+    def run(self) -> TrainResult:
+        fresh = jax.device_get(self.functions.init_params(self.base_key))
+        with jax.set_mesh(self.mesh):
+            self.state = state = self.initialise_or_restore(fresh)
+            self.open_logs_and_data(state)
+            return self.train_from(state)
+
+    def train_from(self, state: TrainState) -> TrainResult:
+        cfg = self.cfg
+        self.say(
+            f"Training {cfg.model.name} x{cfg.model.scale} for {cfg.train.steps} steps on "
+            f"{self.mesh.devices.size} device(s) ({jax.process_count()} process(es)), global batch "
+            f"{cfg.data.batch_size}; workdir {self.workdir}"
+        )
+        self.progress = tqdm(
+            total=cfg.train.steps,
+            initial=state.step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=not (self.main_host and cfg.train.progress_bar),
+        )
+        status, validation, validated_at = self.step_loop(state)
+        return self.finish(state, status, validation, validated_at)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.stop.close()
+        if self.batches is not None:
+            self.batches.close()
+        # Orbax saves are asynchronous: the last (good) checkpoint must be complete before we leave.
+        self.manager.wait_until_finished()
+        self.manager.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    # ------------------------------------------------------------------ messages
+    def describe_checkpoint(self, step: int | None) -> str:
+        if step is None:
+            return f"none yet in {self.manager.directory}"
+        return f"step {step} in {self.manager.directory}"
+
+    def depth_results(self, validation: dict[str, float]) -> list[tuple[float, float, float]]:
+        """(desired depth, PSNR-Y, mean executed depth) per evaluated depth."""
+        vset = self.validation_set
+        return [
+            (
+                d,
+                validation[metric_name(vset, "psnr_y", f"d{d:g}")],
+                validation[metric_name(vset, "mean_depth", f"d{d:g}")],
+            )
+            for d in self.cfg.train.eval_depths
+        ]
+
+    def bicubic_psnr(self, validation: dict[str, float]) -> float:
+        return validation[metric_name(self.validation_set, "psnr_y", "bicubic")]
+
+    def validation_line(self, step: int, validation: dict[str, float]) -> str:
+        parts = [f"d={d:g}: {p:.2f} dB (depth {md:.2f})" for d, p, md in self.depth_results(validation)]
+        bicubic = self.bicubic_psnr(validation)
+        return f"[step {step}] valid PSNR-Y " + ", ".join(parts) + f"; bicubic {bicubic:.2f} dB"
+
+    def summary(self, validation: dict[str, float]) -> str:
+        vset: ValidationSet = self.validation_set
+        names = ", ".join(vset.names[:5])
+        lines = [f"Held-out PSNR-Y on {len(vset.names)} image(s) ({names}), x{self.cfg.model.scale}:"]
+        results = self.depth_results(validation)
+        lines += [f"  desired depth {d:g}: {p:.2f} dB, mean executed depth {md:.2f}" for d, p, md in results]
+        best_d, best_psnr, _ = max(results)
+        bicubic = self.bicubic_psnr(validation)
+        lines.append(
+            f"Held-out PSNR-Y: {self.cfg.model.name} {best_psnr:.2f} dB (desired depth {best_d:g}) vs "
+            f"bicubic {bicubic:.2f} dB ({best_psnr - bicubic:+.2f} dB)"
+        )
+        return "\n".join(lines)
 
 
 def train(
-    config: ml_collections.ConfigDict | Mapping[str, Any],
+    config: ml_collections.ConfigDict | dict | RunConfig,
     workdir: str | Path,
     *,
     devices: list | None = None,
@@ -187,246 +480,13 @@ def train(
     """
     cfg = resolve_config(config)
     workdir = Path(workdir).absolute()
-    pid, pcount = jax.process_index(), jax.process_count()
-    main_host = pid == 0
-    say = print if main_host else (lambda *a, **k: None)
-    tcfg, dcfg, mcfg = cfg["train"], cfg["data"], cfg["model"]
-    total, scale = int(tcfg["steps"]), int(mcfg["scale"])
-
     mesh = parallel.data_mesh(devices)
-    parallel.check_batch_size(int(dcfg["batch_size"]), mesh)
-    _check_config_matches(workdir, cfg)
-    if main_host:
-        ck.write_config(workdir, cfg)
-
-    fns = _compiled(
-        json.dumps(mcfg, sort_keys=True),
-        json.dumps(cfg["optimizer"], sort_keys=True),
-        tuple(tcfg["depth_range"]),
-        float(tcfg["depth_loss_weight"]),
-        mesh,
-    )
-    tx = fns.tx
-    params_host = jax.device_get(fns.init_params(jax.random.key(int(tcfg["seed"]))))
-    base_key = jax.random.key(int(tcfg["seed"]))
-
-    writer = MetricWriter(workdir, enabled=main_host)
-    manager = ck.make_manager(workdir, max_to_keep=int(tcfg["keep_checkpoints"]))
-    stop = _StopRequest(multihost=pcount > 1)
-    batches = None
-    pbar = None
+    parallel.check_batch_size(cfg.data.batch_size, mesh)
+    check_config_matches(workdir, cfg)
+    if jax.process_index() == 0:
+        checkpoints.write_config(workdir, cfg.to_dict())
+    run = Run(cfg, workdir, mesh)
     try:
-        with jax.set_mesh(mesh):
-            rep, bsh = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
-            latest = manager.latest_step()
-            abstract_params = ck.abstract_tree(params_host, rep)
-            abstract_opt = ck.abstract_tree(jax.eval_shape(tx.init, abstract_params), rep)
-            data_state = None
-            if latest is None:
-                if cfg["init_from"]:
-                    params_host, src_step, src_cfg = init_backbone_from(params_host, cfg["init_from"])
-                    say(
-                        f"Initialised the backbone from {cfg['init_from']} (step {src_step}, model "
-                        f"{src_cfg['model']['name']}); the adapter is freshly initialised."
-                    )
-                params = parallel.replicate(params_host, rep)
-                opt_state = fns.init_opt(params)
-                step = 0
-            else:
-                restored = ck.restore_checkpoint(
-                    manager, latest, abstract_params=abstract_params, abstract_opt_state=abstract_opt
-                )
-                params, opt_state, meta = restored["params"], restored["opt_state"], restored["meta"]
-                step = int(meta["step"])
-                data_state = meta["data"]
-                say(f"Resumed from {manager.directory / str(latest)} at step {step}.")
-            last_saved = latest
-
-            source = make_source(dcfg["kind"], **source_kwargs(dcfg, scale=scale, split="train"))
-            batches = TrainBatches(
-                source,
-                batch_size=int(dcfg["batch_size"]),
-                patch_size=int(dcfg["patch_size"]),
-                scale=scale,
-                seed=int(tcfg["seed"]),
-                process_index=pid,
-                process_count=pcount,
-                augment=bool(dcfg["augment"]),
-                prefetch=int(dcfg["prefetch"]),
-            )
-            if data_state is not None:
-                batches.set_state(data_state)
-            vset = load_validation_set(dcfg, scale=scale)
-            train_step, eval_fn = fns.train_step, fns.eval_fn
-            depths = tcfg["eval_depths"]
-            warmup = int(tcfg["backbone_warmup_steps"])
-
-            # Validation runs on this host's first device alone (every host computes the same numbers),
-            # so it needs no global arrays: a one-device mesh replaces the data mesh meanwhile.
-            eval_mesh = parallel.data_mesh([jax.local_devices()[0]])
-
-            def ensure_finite_params(at: int) -> None:
-                if not bool(all_finite(params)):
-                    raise NonFiniteLossError(
-                        f"the parameters became NaN/Inf by step {at}; not saving them. The last good "
-                        f"checkpoint is {_describe_checkpoint(manager, last_saved)}."
-                    )
-
-            def run_validation(at: int) -> dict[str, float]:
-                # Checked first: validating NaN parameters would fail inside the metrics instead.
-                ensure_finite_params(at)
-                with jax.set_mesh(eval_mesh):
-                    return validate(eval_fn, parallel.local_copy(params), vset, depths)
-
-            def check(entry) -> dict[str, float]:
-                at, metrics = entry
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not math.isfinite(values["loss"]):
-                    raise NonFiniteLossError(
-                        f"the training loss became {values['loss']} at step {at}; training stopped and "
-                        f"nothing after the last good checkpoint was saved ("
-                        f"{_describe_checkpoint(manager, last_saved)}). Lower optimizer.lr or set "
-                        f"optimizer.grad_clip_norm, then rerun to resume from that checkpoint."
-                    )
-                return values
-
-            def save(at: int, metrics: dict[str, float] | None) -> None:
-                nonlocal last_saved
-                if at == last_saved:
-                    return
-                ensure_finite_params(at)
-                meta = {
-                    "step": at,
-                    "rng_key": np.asarray(jax.random.key_data(base_key)).tolist(),
-                    "data": batches.get_state(),
-                }
-                ck.save_checkpoint(
-                    manager,
-                    at,
-                    params=params,
-                    opt_state=opt_state,
-                    meta=meta,
-                    metrics=None if metrics is None else {ck.BEST_METRIC: metrics[ck.BEST_METRIC]},
-                )
-                last_saved = at
-
-            say(
-                f"Training {mcfg['name']} x{scale} for {total} steps on {mesh.devices.size} device(s) "
-                f"({pcount} process(es)), global batch {dcfg['batch_size']}; workdir {workdir}"
-            )
-            pbar = tqdm(
-                total=total,
-                initial=step,
-                unit="step",
-                dynamic_ncols=True,
-                mininterval=1.0,
-                disable=not (main_host and tcfg["progress_bar"]),
-            )
-            validation: dict[str, float] = {}
-            val_step = None
-            pending = None
-            status = "completed"
-            t_last, step_last = time.perf_counter(), step
-            while step < total:
-                if stop(step):
-                    status = "preempted"
-                    break
-                gb = parallel.global_batch(next(batches), bsh)
-                step_fn = train_step if step >= warmup or fns.warmup_step is None else fns.warmup_step
-                params, opt_state, metrics = step_fn(
-                    params, opt_state, gb["lr"], gb["hr"], jnp.int32(step), base_key
-                )
-                step += 1
-                # Check the previous step's loss while this one runs (keeps the device busy).
-                if pending is not None:
-                    values = check(pending)
-                    pbar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-                pending = (step, metrics)
-                pbar.update(1)
-                do_log = step % tcfg["log_every"] == 0 or step == total
-                do_eval = step % tcfg["eval_every"] == 0 or step == total
-                do_save = step % tcfg["checkpoint_every"] == 0 or step == total
-                if do_log or do_eval or do_save:
-                    values = check(pending)
-                    pending = None
-                if do_log:
-                    elapsed = time.perf_counter() - t_last
-                    rate = (step - step_last) / max(elapsed, 1e-9)
-                    values.update(steps_per_sec=rate, patches_per_sec=rate * int(dcfg["batch_size"]))
-                    writer.write(step, "train", values)
-                    pbar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2g}", refresh=False)
-                if do_eval:
-                    validation, val_step = run_validation(step), step
-                    writer.write(step, "valid", validation)
-                    pbar.write(_validation_line(step, validation, depths))
-                if do_save:
-                    save(step, validation if val_step == step else None)
-                if do_log or do_eval or do_save:
-                    t_last, step_last = time.perf_counter(), step
-            if pending is not None:
-                check(pending)
-            pbar.close()
-            if status == "preempted":
-                save(step, None)
-                manager.wait_until_finished()
-                say(
-                    f"Stopped by SIGTERM at step {step}; checkpoint saved in {manager.directory}. "
-                    f"Run the same command again to resume."
-                )
-            else:
-                save(step, validation if val_step == step else None)
-                if val_step != step:
-                    validation, val_step = run_validation(step), step
-                    writer.write(step, "valid", validation)
-                writer.write(step, "final", validation)
-                say(_summary(validation, depths, vset, mcfg["name"], scale))
-            result = TrainResult(step, status, parallel.host_tree(params), validation)
+        return run.run()
     finally:
-        if pbar is not None:
-            pbar.close()
-        stop.close()
-        if batches is not None:
-            batches.close()
-        # Orbax saves are asynchronous: the last (good) checkpoint must be complete before we leave.
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-    return result
-
-
-def _describe_checkpoint(manager, step: int | None) -> str:
-    if step is None:
-        return f"none yet in {manager.directory}"
-    return f"step {step} in {manager.directory}"
-
-
-def _validation_line(step: int, validation: Mapping[str, float], depths) -> str:
-    parts = []
-    for d in depths:
-        p, md = validation[f"psnr_{depth_tag(d)}"], validation[f"mean_depth_{depth_tag(d)}"]
-        parts.append(f"d={d:g}: {p:.2f} dB (depth {md:.2f})")
-    return (
-        f"[step {step}] valid PSNR-Y " + ", ".join(parts) + f"; bicubic {validation['bicubic_psnr']:.2f} dB"
-    )
-
-
-def _summary(validation: Mapping[str, float], depths, vset, name: str, scale: int) -> str:
-    bic = validation["bicubic_psnr"]
-    lines = [f"Held-out PSNR-Y on {len(vset.names)} image(s) ({', '.join(vset.names[:5])}), x{scale}:"]
-    for d in depths:
-        p = validation[f"psnr_{depth_tag(d)}"]
-        md = validation[f"mean_depth_{depth_tag(d)}"]
-        lines.append(f"  desired depth {d:g}: {p:.2f} dB, mean executed depth {md:.2f}")
-    best_d = max(depths)
-    p = validation[f"psnr_{depth_tag(best_d)}"]
-    lines.append(
-        f"Held-out PSNR-Y: {name} {p:.2f} dB (desired depth {best_d:g}) vs bicubic {bic:.2f} dB "
-        f"({p - bic:+.2f} dB)"
-    )
-    return "\n".join(lines)
-
-
-def main_exit_code(exc: BaseException) -> int:
-    """train.py's exit status for an exception from train(): 1 with a one-line message on stderr."""
-    print(f"error: {exc}", file=sys.stderr)
-    return 1
+        run.close()

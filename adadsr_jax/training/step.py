@@ -39,7 +39,7 @@ def make_train_step(
     depth_loss_weight: float,
     replicated: jax.sharding.Sharding | None = None,
     donate: bool = True,
-    backbone_graphdef: nnx.GraphDef | None = None,
+    backbone_only: bool = False,
 ) -> Callable[..., tuple[PyTree, PyTree, dict[str, jax.Array]]]:
     """A jitted `train_step(params, opt_state, lr, hr, step, base_key) -> (params, opt_state, metrics)`.
 
@@ -48,8 +48,8 @@ def make_train_step(
     gradient all-reduce happens inside the step). step: int32 scalar, the number of updates done so far.
     metrics: scalar loss, l1, depth_loss, mean_depth_map, desired_depth (batch mean), grad_norm, lr.
 
-    backbone_graphdef (the same model without adapter): train the backbone alone, every mask one; the
-    adapter's gradient is zero, so Adam leaves it (and its moments) untouched. Used for a warm-up from
+    backbone_only: train the backbone alone, every mask one (`use_adapter=False`); the adapter's gradient
+    is zero, so Adam leaves it (and its moments) untouched. Used for a warm-up from
     scratch: with random residual blocks the L1 gradient drives the masks, and then the adapter's ReLU
     output, to zero within a few dozen steps, and a dead adapter never recovers.
     """
@@ -58,13 +58,10 @@ def make_train_step(
         desired = draw_desired_depth(base_key, step, lr.shape[0], depth_range)
 
         def loss_fn(p):
-            if backbone_graphdef is not None:
-                model = nnx.merge(backbone_graphdef, {k: v for k, v in p.items() if k != "adapter"})
-                sr, aux = model(lr.astype(jnp.float32))
-                return adadsr_loss(sr, hr, aux["depth_map"], desired, 0.0)
             model = nnx.merge(graphdef, p)
-            sr, aux = model(lr.astype(jnp.float32), desired_depth=desired)
-            return adadsr_loss(sr, hr, aux["depth_map"], desired, depth_loss_weight)
+            sr, aux = model(lr.astype(jnp.float32), desired_depth=desired, use_adapter=not backbone_only)
+            weight = 0.0 if backbone_only else depth_loss_weight
+            return adadsr_loss(sr, hr, aux["depth_map"], desired, weight)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -80,24 +77,6 @@ def make_train_step(
 
     out_shardings = None if replicated is None else (replicated, replicated, replicated)
     return jax.jit(train_step, out_shardings=out_shardings, donate_argnums=(0, 1) if donate else ())
-
-
-def make_eval_fn(
-    graphdef: nnx.GraphDef,
-) -> Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """A jitted `eval_fn(params, lr, desired_depth) -> (sr uint8 [N, sH, sW, 3], mean_depth [N])`.
-
-    lr: [N, h, w, 3] uint8 or float 0..255; desired_depth: scalar. SR is clipped and rounded to uint8 as
-    the evaluation protocol quantises it.
-    """
-
-    @jax.jit
-    def eval_fn(params, lr, desired_depth):
-        model = nnx.merge(graphdef, params)
-        sr, aux = model(lr.astype(jnp.float32), desired_depth=desired_depth)
-        return jnp.clip(jnp.round(sr), 0, 255).astype(jnp.uint8), aux["mean_depth"]
-
-    return eval_fn
 
 
 @jax.jit

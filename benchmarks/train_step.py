@@ -1,7 +1,7 @@
 """Training-step throughput: compiled step time of a model preset on random patches.
 
-    python -m adadsr_jax.training.bench --model adaedsr --scale 2 --batch 16 --patch 48 --steps 3
-    python -m adadsr_jax.training.bench --model adaedsr --compare edsr   # adapter + mask overhead
+    python benchmarks/train_step.py --model adaedsr --scale 2 --batch 16 --patch 48 --steps 3
+    python benchmarks/train_step.py --model adaedsr --compare edsr   # adapter + mask overhead
 
 The step is the real one (loss, gradients, Adam update) on all local devices; compile time is reported
 separately and excluded from the rate.
@@ -21,6 +21,7 @@ from flax import nnx
 from adadsr_jax.models import get_model_config
 from adadsr_jax.training import checkpoints as ck
 from adadsr_jax.training import parallel
+from adadsr_jax.training.config import method_defaults
 from adadsr_jax.training.optim import make_optimizer
 from adadsr_jax.training.step import make_train_step
 
@@ -28,7 +29,7 @@ from adadsr_jax.training.step import make_train_step
 def time_train_step(name: str, *, scale: int, batch: int, patch: int, steps: int, overrides=None) -> dict:
     """Seconds per compiled train step (median of `steps` after one warm-up) and the compile time."""
     overrides = dict(overrides or {})
-    mcfg = get_model_config(name, **overrides)
+    depth_loss_weight, depth_range = method_defaults(get_model_config(name, **overrides))
     config = {"model": {"name": name, "scale": scale, "overrides": overrides}}
     graphdef, _ = nnx.split(ck.abstract_model(config), nnx.Param)
     init = jax.jit(
@@ -47,8 +48,8 @@ def time_train_step(name: str, *, scale: int, batch: int, patch: int, steps: int
             graphdef,
             tx,
             schedule,
-            depth_range=mcfg.train_depth_range,
-            depth_loss_weight=mcfg.depth_loss_weight,
+            depth_range=depth_range,
+            depth_loss_weight=depth_loss_weight,
             replicated=rep,
         )
         params = jax.device_put(init(jax.random.key(0)), rep)

@@ -1,0 +1,73 @@
+"""What one sparse 3x3 convolution is asked to do: `SparseConv`, the operands every implementation takes.
+
+The JAX path, the Pallas kernel, the dense fallback and the dispatcher all take one `SparseConv` (a
+pytree: its arrays are leaves, its layout and epilogue static), so the contract is written once, here,
+and a `lax.cond` between implementations passes it through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+
+from adadsr_jax.kernels.layout import PaddedLayout
+
+Epilogue = Literal["relu", "residual", "masked"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SparseConv:
+    """3x3 SAME conv of `src` computed at `rows[:count]` only, written into `dst` with a fused epilogue.
+
+    src: padded flat [P, Cin]; dst: padded flat [P, Cout] (P = layout.rows; rows not in the list come
+    back unchanged, so inactive pixels keep dst: the block's identity for the residual epilogue);
+    rows: int32 [K] padded flat rows of active pixels (entries at positions >= count are ignored);
+    count: int32 [] (0 <= count <= K); kernel: [3, 3, Cin, Cout] HWIO; bias: [Cout];
+    coef: float [P] per-row factor of the residual/masked epilogues, indexed by padded flat row.
+    Epilogues: "relu" relu(conv + b), a block's first conv; "residual" dst + coef * (conv + b), the
+    second conv (coef = res_scale * soft mask); "masked" coef * (conv + b), RCAN's second conv, whose
+    channel attention needs the masked residual. Accumulation in float32; the result has dst's dtype.
+    """
+
+    src: jax.Array
+    dst: jax.Array
+    rows: jax.Array
+    count: jax.Array
+    kernel: jax.Array
+    bias: jax.Array
+    layout: PaddedLayout = dataclasses.field(metadata={"static": True})
+    epilogue: Epilogue = dataclasses.field(metadata={"static": True})
+    coef: jax.Array | None = None
+
+    @property
+    def channels(self) -> tuple[int, int]:
+        """(Cin, Cout)."""
+        return self.kernel.shape[2], self.kernel.shape[3]
+
+    def check(self) -> None:
+        """Raise ValueError for operands no implementation can run."""
+        cin, cout = self.channels
+        if self.src.shape[1] != cin or self.dst.shape[1] != cout:
+            shapes = f"src {self.src.shape}, dst {self.dst.shape}, kernel {self.kernel.shape}"
+            raise ValueError(f"channel mismatch: {shapes}")
+        if self.epilogue not in ("relu", "residual", "masked"):
+            raise ValueError(f"unknown epilogue {self.epilogue!r}")
+        if self.epilogue in ("residual", "masked") and self.coef is None:
+            raise ValueError(f"the {self.epilogue!r} epilogue needs coef")
+
+
+def apply_epilogue(
+    y: jax.Array, epilogue: Epilogue, dst_rows: jax.Array | None, coef: jax.Array | None
+) -> jax.Array:
+    """The fused epilogue on conv outputs y [T, Cout] (bias already added), in float32; dst_rows [T, Cout]
+    and coef [T] are the rows' destination values and factors (used by "residual" and "masked")."""
+    if epilogue == "relu":
+        return jax.nn.relu(y)
+    if epilogue == "residual":
+        return dst_rows + coef[:, None] * y
+    if epilogue == "masked":
+        return coef[:, None] * y
+    raise ValueError(f"unknown epilogue {epilogue!r}")
