@@ -19,6 +19,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from flax import nnx
 
 from adadsr_jax.checkpoint import DESCRIPTOR_FILE, WEIGHTS_FILE, config_to_dict, load_model, save_model
 from adadsr_jax.cli import UserError, require_checkpoint_dir, require_output_dir, run_cli
-from adadsr_jax.models import AdaDSR
+from adadsr_jax.models import AdaDSR, ModelConfig
 from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsampler_stages
 
 FORMATS = ("stablehlo", "onnx", "safetensors")
@@ -112,6 +113,10 @@ class _OnnxGraph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), out))
         return out
 
+    def ints(self, values: Sequence[int], name: str) -> str:
+        """An int64 1-D constant (shapes, Slice starts/ends/axes)."""
+        return self.const(values, name, np.int64)
+
     def op(self, op_type: str, *inputs: str, name: str | None = None, out: str | None = None, **attrs) -> str:
         from onnx import helper
 
@@ -132,103 +137,130 @@ class _OnnxGraph:
         return self.op("Conv", x, w, self.const(bias, name + "_b"), name=name, kernel_shape=[1, 1])
 
 
-def _block_mask(g: _OnnxGraph, depth: str, index: int, zero: str, one: str) -> str:
-    """clip(depth - index, 0, 1) (paper eq. 4); depth [N, 1, h, w]."""
-    return g.op("Clip", g.op("Sub", depth, g.const(float(index), "l")), zero, one, name="mask")
+@dataclass(frozen=True)
+class _Residuals:
+    """What every residual block shares: the Clip bounds of its eq. 4 mask (None for a plain backbone,
+    whose masks are all one) and the res_scale constant (None when it is 1, so no Mul is emitted)."""
+
+    g: _OnnxGraph
+    bounds: tuple[str, str] | None
+    res_scale: str | None
+
+    @classmethod
+    def make(cls, g: _OnnxGraph, cfg: ModelConfig) -> _Residuals:
+        bounds = (g.const(0.0, "zero"), g.const(1.0, "one")) if cfg.adaptive else None
+        res_scale = None if cfg.res_scale == 1.0 else g.const(float(cfg.res_scale), "res_scale")
+        return cls(g, bounds, res_scale)
+
+    def mask(self, r: str, depth: str | None, index: int) -> str:
+        """r [N, C, h, w] * clip(depth - index, 0, 1) (paper eq. 4), depth [N, 1, h, w]; r without one."""
+        if depth is None or self.bounds is None:
+            return r
+        g = self.g
+        m = g.op("Clip", g.op("Sub", depth, g.const(float(index), "l")), *self.bounds, name="mask")
+        return g.op("Mul", r, m)
+
+    def add(self, x: str, r: str, name: str) -> str:
+        """x + res_scale * r, the block's output (named `name`)."""
+        if self.res_scale is not None:
+            r = self.g.op("Mul", r, self.res_scale)
+        return self.g.op("Add", x, r, name=name)
 
 
-def export_onnx(model: AdaDSR, *, opset: int = DEFAULT_OPSET):
-    """The dense masked network as an onnx.ModelProto (NHWC inputs/outputs like the JAX model, NCHW
-    inside), built node by node from the parameters: Conv, Relu, PRelu, Mul, Add, Sub, Clip,
-    GlobalAveragePool/Sigmoid (RCAN), DepthToSpace mode CRD (PyTorch's pixel shuffle order)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    cfg, scale = model.config, int(model.scale)
-    p = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    g = _OnnxGraph()
+def _head(g: _OnnxGraph, p: dict) -> tuple[str, str]:
+    """lr [N, h, w, 3] -> (the MeanShift constant [1, 3, 1, 1], head features z0 [N, C, h, w] NCHW)."""
     mean = g.const(np.asarray(DIV2K_RGB_MEAN, np.float32).reshape(1, 3, 1, 1), "rgb_mean")
-
     x = g.op("Transpose", "lr", perm=[0, 3, 1, 2], name="lr_nchw")
-    z0 = g.conv(g.op("Sub", x, mean), p["head"]["kernel"], p["head"]["bias"], "head")
+    return mean, g.conv(g.op("Sub", x, mean), p["head"]["kernel"], p["head"]["bias"], "head")
 
-    depth = None
-    if cfg.adaptive:
-        a = p["adapter"]
-        dcol = g.op("Reshape", "d", g.const([-1, 1, 1, 1], "shape", np.int64), name="d_col")
-        h = g.op("Mul", z0, dcol) if cfg.depth_input == "weight" else z0
-        h = g.conv(h, a["layer0"]["kernel"], a["layer0"]["bias"], "adapter0")
-        for i in sorted(a["layers"]):
-            layer = a["layers"][i]
-            h = g.op("PRelu", h, g.const(layer["slope"], "slope"))
-            h = g.conv(h, layer["conv"]["kernel"], layer["conv"]["bias"], f"adapter{i + 1}")
-        h = g.op("Relu", h)
-        depth = g.op("Mul", h, dcol, name="depth") if cfg.depth_input == "output" else h
 
-    if depth is not None:  # Clip bounds of the masks
-        zero, one = g.const(0.0, "zero"), g.const(1.0, "one")
-    res_scale = None if cfg.res_scale == 1.0 else g.const(float(cfg.res_scale), "res_scale")
-    b = p["body"]
-    if cfg.backbone == "edsr":
-        hb = z0
+def _adapter(g: _OnnxGraph, a: dict, z0: str, depth_input: str) -> str:
+    """The depth adapter: (z0 [N, C, h, w], d [N]) -> depth map [N, G, h, w]. d scales the adapter's
+    input ("weight") or its output ("output"), as ModelConfig.depth_input says."""
+    dcol = g.op("Reshape", "d", g.ints([-1, 1, 1, 1], "shape"), name="d_col")
+    h = g.op("Mul", z0, dcol) if depth_input == "weight" else z0
+    h = g.conv(h, a["layer0"]["kernel"], a["layer0"]["bias"], "adapter0")
+    for i in sorted(a["layers"]):
+        layer = a["layers"][i]
+        h = g.op("PRelu", h, g.const(layer["slope"], "slope"))
+        h = g.conv(h, layer["conv"]["kernel"], layer["conv"]["bias"], f"adapter{i + 1}")
+    h = g.op("Relu", h)
+    return g.op("Mul", h, dcol, name="depth") if depth_input == "output" else h
+
+
+def _edsr_body(g: _OnnxGraph, b: dict, z0: str, num_blocks: int, depth: str | None, res: _Residuals) -> str:
+    """EDSR's stack of masked residual blocks (conv, ReLU, conv): [N, C, h, w] -> [N, C, h, w]."""
+    hb = z0
+    for i in range(num_blocks):
+        r = g.op("Relu", g.conv(hb, b["layer0"]["kernel"][i], b["layer0"]["bias"][i], f"b{i}_conv0"))
+        r = g.conv(r, b["layer2"]["kernel"][i], b["layer2"]["bias"][i], f"b{i}_conv1")
+        hb = res.add(hb, res.mask(r, depth, i), f"b{i}_out")
+    return hb
+
+
+def _rcan_block(
+    g: _OnnxGraph, x: str, k: dict, pre: str, depth: str | None, index: int, res: _Residuals
+) -> str:
+    """One RCAB: conv, ReLU, conv, the eq. 4 mask, channel attention; k maps a layer to (kernel, bias)."""
+    r = g.conv(g.op("Relu", g.conv(x, *k["layer0"], pre + "c0")), *k["layer2"], pre + "c1")
+    r = res.mask(r, depth, index)
+    # channel attention: r * sigmoid(up(relu(down(mean over h, w of r))))
+    att = g.op("Relu", g.dense1x1(g.op("GlobalAveragePool", r), *k["ca_down"], pre + "ca0"))
+    r = g.op("Mul", r, g.op("Sigmoid", g.dense1x1(att, *k["ca_up"], pre + "ca1")))
+    return res.add(x, r, pre + "_out")
+
+
+def _group_depth(g: _OnnxGraph, depth: str, gi: int) -> str:
+    """Channel gi of the depth map [N, G, h, w] -> [N, 1, h, w]: group gi's own map."""
+    start, end, axis = g.ints([gi], "start"), g.ints([gi + 1], "end"), g.ints([1], "axis")
+    return g.op("Slice", depth, start, end, axis, name=f"g{gi}_depth")
+
+
+def _rcan_body(g: _OnnxGraph, b: dict, z0: str, cfg: ModelConfig, depth: str | None, res: _Residuals) -> str:
+    """RCAN's residual groups (masked RCABs, a closing conv, a group skip): [N, C, h, w] -> same."""
+    hb = z0
+    for gi in range(cfg.num_groups):
+        gd = None if depth is None else _group_depth(g, depth, gi)
+        hg = hb
         for i in range(cfg.num_blocks):
-            r = g.op("Relu", g.conv(hb, b["layer0"]["kernel"][i], b["layer0"]["bias"][i], f"b{i}_conv0"))
-            r = g.conv(r, b["layer2"]["kernel"][i], b["layer2"]["bias"][i], f"b{i}_conv1")
-            if depth is not None:
-                r = g.op("Mul", r, _block_mask(g, depth, i, zero, one))
-            if res_scale is not None:
-                r = g.op("Mul", r, res_scale)
-            hb = g.op("Add", hb, r, name=f"b{i}_out")
-    else:
-        hb = z0
-        for gi in range(cfg.num_groups):
-            gd = None
-            if depth is not None:
-                gd = g.op(
-                    "Slice",
-                    depth,
-                    g.const([gi], "start", np.int64),
-                    g.const([gi + 1], "end", np.int64),
-                    g.const([1], "axis", np.int64),
-                    name=f"g{gi}_depth",
-                )
-            hg = hb
-            for i in range(cfg.num_blocks):
-                pre = f"g{gi}b{i}"
-                k = {
-                    name: (v["kernel"][gi, i], v["bias"][gi, i])
-                    for name, v in b.items()
-                    if name != "group_end"
-                }
-                r = g.conv(g.op("Relu", g.conv(hg, *k["layer0"], pre + "c0")), *k["layer2"], pre + "c1")
-                if gd is not None:
-                    r = g.op("Mul", r, _block_mask(g, gd, i, zero, one))
-                # channel attention: r * sigmoid(up(relu(down(mean over h, w of r))))
-                att = g.op("Relu", g.dense1x1(g.op("GlobalAveragePool", r), *k["ca_down"], pre + "ca0"))
-                r = g.op("Mul", r, g.op("Sigmoid", g.dense1x1(att, *k["ca_up"], pre + "ca1")))
-                if res_scale is not None:
-                    r = g.op("Mul", r, res_scale)
-                hg = g.op("Add", hg, r, name=pre + "_out")
-            end = g.conv(hg, b["group_end"]["kernel"][gi], b["group_end"]["bias"][gi], f"g{gi}_end")
-            hb = g.op("Add", hb, end, name=f"g{gi}_out")
+            k = {name: (v["kernel"][gi, i], v["bias"][gi, i]) for name, v in b.items() if name != "group_end"}
+            hg = _rcan_block(g, hg, k, f"g{gi}b{i}", gd, i, res)
+        end = g.conv(hg, b["group_end"]["kernel"][gi], b["group_end"]["bias"][gi], f"g{gi}_end")
+        hb = g.op("Add", hb, end, name=f"g{gi}_out")
+    return hb
 
+
+def _upsample_tail(g: _OnnxGraph, p: dict, hb: str, z0: str, mean: str, scale: int) -> str:
+    """Body's last conv plus the global skip, pixel shuffle stages, tail conv, MeanShift back:
+    [N, C, h, w] -> sr [N, 3, s*h, s*w]."""
     z = g.op("Add", z0, g.conv(hb, p["body_lastconv"]["kernel"], p["body_lastconv"]["bias"], "body_lastconv"))
     for i, r in enumerate(upsampler_stages(scale)):
         c = p["up"]["convs"][i]
         z = g.op("DepthToSpace", g.conv(z, c["kernel"], c["bias"], f"up{i}"), blocksize=r, mode="CRD")
-    sr = g.op("Add", g.conv(z, p["tail"]["kernel"], p["tail"]["bias"], "tail"), mean)
+    return g.op("Add", g.conv(z, p["tail"]["kernel"], p["tail"]["bias"], "tail"), mean)
+
+
+def _outputs(g: _OnnxGraph, sr: str, depth: str | None, cfg: ModelConfig) -> None:
+    """The graph outputs "sr" [N, s*h, s*w, 3] and "depth_map" [N, h, w, G], NHWC again."""
+    from onnx import TensorProto, helper
+
     g.op("Transpose", sr, perm=[0, 2, 3, 1], out="sr")
     if depth is not None:
         g.op("Transpose", depth, perm=[0, 2, 3, 1], out="depth_map")
-    else:  # plain backbone: D everywhere, shaped [N, h, w, G] like the input
-        shape = g.op(
-            "Concat",
-            g.op("Slice", g.op("Shape", "lr"), g.const([0], "s", np.int64), g.const([3], "e", np.int64)),
-            g.const([cfg.num_maps], "g", np.int64),
-            axis=0,
-        )
-        full = helper.make_tensor("D", TensorProto.FLOAT, [1], [float(cfg.max_depth)])
-        g.op("ConstantOfShape", shape, value=full, out="depth_map")
+        return
+    # plain backbone: D everywhere, shaped [N, h, w, G] like the input
+    nhw = g.op("Slice", g.op("Shape", "lr"), g.ints([0], "s"), g.ints([3], "e"))
+    shape = g.op("Concat", nhw, g.ints([cfg.num_maps], "g"), axis=0)
+    full = helper.make_tensor("D", TensorProto.FLOAT, [1], [float(cfg.max_depth)])
+    g.op("ConstantOfShape", shape, value=full, out="depth_map")
+
+
+def _model_proto(g: _OnnxGraph, cfg: ModelConfig, scale: int, opset: int):
+    """The checked onnx.ModelProto of g's nodes, with the inputs and outputs typed and sized."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import adadsr_jax
 
     def vi(name, dims):
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
@@ -240,8 +272,6 @@ def export_onnx(model: AdaDSR, *, opset: int = DEFAULT_OPSET):
         [vi("sr", ["N", f"{scale}*h", f"{scale}*w", 3]), vi("depth_map", ["N", "h", "w", cfg.num_maps])],
         g.initializers,
     )
-    import adadsr_jax
-
     proto = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset)],
@@ -254,6 +284,24 @@ def export_onnx(model: AdaDSR, *, opset: int = DEFAULT_OPSET):
     helper.set_model_props(proto, {"scale": str(scale), "max_depth": str(cfg.max_depth)})
     onnx.checker.check_model(proto)
     return proto
+
+
+def export_onnx(model: AdaDSR, *, opset: int = DEFAULT_OPSET):
+    """The dense masked network as an onnx.ModelProto (NHWC inputs/outputs like the JAX model, NCHW
+    inside), built node by node from the parameters: Conv, Relu, PRelu, Mul, Add, Sub, Clip,
+    GlobalAveragePool/Sigmoid (RCAN), DepthToSpace mode CRD (PyTorch's pixel shuffle order)."""
+    cfg, scale = model.config, int(model.scale)
+    p = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    g = _OnnxGraph()
+    mean, z0 = _head(g, p)
+    depth = _adapter(g, p["adapter"], z0, cfg.depth_input) if cfg.adaptive else None
+    res = _Residuals.make(g, cfg)
+    if cfg.backbone == "edsr":
+        hb = _edsr_body(g, p["body"], z0, cfg.num_blocks, depth, res)
+    else:
+        hb = _rcan_body(g, p["body"], z0, cfg, depth, res)
+    _outputs(g, _upsample_tail(g, p, hb, z0, mean, scale), depth, cfg)
+    return _model_proto(g, cfg, scale, opset)
 
 
 # ------------------------------------------------------------------------------------------ sidecars
@@ -441,6 +489,37 @@ def _check_args(args: argparse.Namespace) -> tuple[tuple[int, int, int] | None, 
     return shape, platforms
 
 
+def _stablehlo_artifact(
+    model: AdaDSR, args: argparse.Namespace, shape: tuple[int, int, int] | None, platforms: tuple[str, ...]
+) -> tuple[bytes, dict[str, Any]]:
+    """The verified, serialised StableHLO artifact and its sidecar's format-specific fields."""
+    exported = export_stablehlo(model, platforms=platforms, sparse=args.sparse, shape=shape)
+    extra = {
+        "platforms": list(exported.platforms),
+        "path": "sparse" if args.sparse else "dense masked",
+        "symbolic_shapes": shape is None,
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "calling_convention_version": exported.calling_convention_version,
+        "check": verify_stablehlo(exported, model),
+    }
+    return exported.serialize(), extra
+
+
+def _onnx_artifact(model: AdaDSR, opset: int) -> tuple[bytes, dict[str, Any]]:
+    """The verified, serialised ONNX graph and its sidecar's format-specific fields."""
+    import onnx
+
+    proto = export_onnx(model, opset=opset)
+    extra = {
+        "opset": opset,
+        "onnx_version": onnx.__version__,
+        "path": "dense masked",
+        "check": verify_onnx(proto, model),
+    }
+    return proto.SerializeToString(), extra
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
     """Do what `args` say; returns the written artifact (or directory, for safetensors)."""
     shape, platforms = _check_args(args)
@@ -452,37 +531,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
         save_model(model, out)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.format == "stablehlo":
-        try:
-            exported = export_stablehlo(model, platforms=platforms, sparse=args.sparse, shape=shape)
-            check = verify_stablehlo(exported, model)
-        except ExportError as e:
-            raise ExportError(f"{source}: {e}") from e
-        out.write_bytes(exported.serialize())
-        extra = {
-            "platforms": list(exported.platforms),
-            "path": "sparse" if args.sparse else "dense masked",
-            "symbolic_shapes": shape is None,
-            "jax_version": jax.__version__,
-            "jaxlib_version": jaxlib.__version__,
-            "calling_convention_version": exported.calling_convention_version,
-            "check": check,
-        }
-    else:
-        import onnx
-
-        try:
-            proto = export_onnx(model, opset=args.opset)
-            check = verify_onnx(proto, model)
-        except ExportError as e:
-            raise ExportError(f"{source}: {e}") from e
-        out.write_bytes(proto.SerializeToString())
-        extra = {
-            "opset": args.opset,
-            "onnx_version": onnx.__version__,
-            "path": "dense masked",
-            "check": check,
-        }
+    try:
+        if args.format == "stablehlo":
+            data, extra = _stablehlo_artifact(model, args, shape, platforms)
+        else:
+            data, extra = _onnx_artifact(model, args.opset)
+    except ExportError as e:  # name the model whose export failed
+        raise ExportError(f"{source}: {e}") from e
+    out.write_bytes(data)
     _write_json(out.with_name(out.name + ".json"), sidecar(model, args.format, out, command=command, **extra))
     return out
 
