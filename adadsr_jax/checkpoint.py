@@ -102,6 +102,26 @@ def abstract_model(config: ModelConfig, scale: int) -> AdaDSR:
     return nnx.eval_shape(lambda: AdaDSR(config, scale=scale, rngs=nnx.Rngs(0)))
 
 
+def with_backbone(params: dict, backbone: dict, source: str) -> dict:
+    """A copy of the parameters pure dict `params` whose every top-level entry but "adapter" is the one
+    of `backbone` (another model's parameters pure dict): the adapter keeps its values in `params` (a fresh
+    initialisation), the backbone comes from elsewhere. Used by training's init_from and by convert's
+    --backbone-only. Raises ValueError, starting with `source`, for an entry `backbone` lacks or whose
+    leaf shapes differ (entries only `backbone` has, e.g. its adapter, are ignored)."""
+    out = dict(params)
+    for key, value in params.items():
+        if key == "adapter":
+            continue
+        if key not in backbone:
+            raise ValueError(f"{source}: its model has no '{key}' parameters")
+        want = jax.tree.map(np.shape, value)
+        got = jax.tree.map(np.shape, backbone[key])
+        if want != got:
+            raise ValueError(f"{source}: '{key}' shapes differ: checkpoint {got}, model {want}")
+        out[key] = backbone[key]
+    return out
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": x, 0: y}} -> {"a.b": x, "a.0": y} (nnx.List indices become their decimal string)."""
     out: dict[str, Any] = {}

@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adadsr_jax.models import AdaDSR, Adapter, create_model, get_model_config
+from adadsr_jax.checkpoint import with_backbone
+from adadsr_jax.models import AdaDSR, Adapter, ModelConfig, create_model, get_model_config
 from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsampler_stages
 from adadsr_jax.torch_checkpoint import CheckpointFormatError, load_torch_checkpoint
 
@@ -378,8 +379,6 @@ def _check_meanshift(
     with both sets of numbers.
     """
     sub, add = _meanshift_prefixes(layout)
-    want_mean = np.asarray(DIV2K_RGB_MEAN, np.float64) / RGB_RANGE
-    want_std = np.asarray(RGB_STD, np.float64)
     used, notes = [], []
     for prefix, sign, where in ((sub, -1.0, "head"), (add, 1.0, "tail")):
         wkey, bkey = f"{prefix}.weight", f"{prefix}.bias"
@@ -391,47 +390,63 @@ def _check_meanshift(
                 raise ConversionError(f"{source}: MeanShift '{prefix}' has no '{key}'")
             if not _is_float(value):
                 raise ConversionError(f"{source}: MeanShift '{key}' has dtype {value.dtype}, expected float")
-        weight, bias = weight.astype(np.float64), bias.astype(np.float64)
-        if weight.shape == (3, 1, 1, 1):
-            form, diag = "grouped", weight.reshape(3)
-        elif weight.shape == (3, 3, 1, 1):
-            form, matrix = "full", weight[:, :, 0, 0]
-            diag = np.diag(matrix).copy()
-            off = matrix - np.diag(diag)
-            if np.abs(off).max() > _MEANSHIFT_ATOL:
-                raise ConversionError(
-                    f"{source}: MeanShift '{wkey}' is not diagonal (largest off-diagonal entry "
-                    f"{np.abs(off).max():.4g}): it mixes colour channels, which a mean/std shift never does"
-                )
-        else:
-            raise ConversionError(
-                f"{source}: MeanShift '{wkey}' has shape {weight.shape}, expected (3, 1, 1, 1) (grouped, "
-                "the AdaDSR release) or (3, 3, 1, 1) (full, EDSR-PyTorch/RCAN)"
-            )
+        form, diag = _meanshift_diagonal(wkey, weight.astype(np.float64), source)
         if bias.shape != (3,):
             raise ConversionError(f"{source}: MeanShift '{bkey}' has shape {bias.shape}, expected (3,)")
-        want_w, want_b = meanshift_tensors(sign, form)
-        want_diag = want_w.reshape(3) if form == "grouped" else np.diag(want_w[:, :, 0, 0])
-        if not (
-            np.all(np.isfinite(diag))
-            and np.all(np.isfinite(bias))
-            and np.allclose(diag, want_diag, rtol=0, atol=_MEANSHIFT_ATOL)
-            and np.allclose(bias, want_b, rtol=0, atol=_MEANSHIFT_ATOL)
-        ):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                std = 1.0 / diag
-                mean = sign * bias * std / RGB_RANGE
-            raise ConversionError(
-                f"{source}: MeanShift '{prefix}' ({where}, {form}) encodes mean {_fmt(mean)} and std "
-                f"{_fmt(std)} at pixel range {RGB_RANGE:g} (weight diagonal {_fmt(diag)}, bias "
-                f"{_fmt(bias)}), but this model uses mean {_fmt(want_mean)} (DIV2K) and std "
-                f"{_fmt(want_std)} (weight diagonal {_fmt(want_diag)}, bias {_fmt(want_b)}): the "
-                "checkpoint was trained with another normalisation (e.g. rgb_range 1 or another "
-                "mean/std) and would give wrong colours"
-            )
+        _compare_meanshift(f"'{prefix}' ({where}, {form})", sign, form, diag, bias.astype(np.float64), source)
         used += [wkey, bkey]
         notes.append(f"MeanShift '{prefix}' ({form}) equals our constant: DIV2K mean, std 1 (dropped)")
     return used, notes
+
+
+def _meanshift_diagonal(wkey: str, weight: np.ndarray, source: str) -> tuple[str, np.ndarray]:
+    """(form, the per-channel scale [3]) of a MeanShift weight: grouped [3, 1, 1, 1] or a diagonal full
+    [3, 3, 1, 1] (off-diagonal entries would mix colour channels)."""
+    if weight.shape == (3, 1, 1, 1):
+        return "grouped", weight.reshape(3)
+    if weight.shape != (3, 3, 1, 1):
+        raise ConversionError(
+            f"{source}: MeanShift '{wkey}' has shape {weight.shape}, expected (3, 1, 1, 1) (grouped, "
+            "the AdaDSR release) or (3, 3, 1, 1) (full, EDSR-PyTorch/RCAN)"
+        )
+    matrix = weight[:, :, 0, 0]
+    diag = np.diag(matrix).copy()
+    off = matrix - np.diag(diag)
+    if np.abs(off).max() > _MEANSHIFT_ATOL:
+        raise ConversionError(
+            f"{source}: MeanShift '{wkey}' is not diagonal (largest off-diagonal entry "
+            f"{np.abs(off).max():.4g}): it mixes colour channels, which a mean/std shift never does"
+        )
+    return "full", diag
+
+
+def _compare_meanshift(
+    what: str, sign: float, form: str, diag: np.ndarray, bias: np.ndarray, source: str
+) -> None:
+    """Refuse a MeanShift (weight diagonal [3], bias [3], float64) that is not our constant, giving the
+    mean and std it encodes next to ours. `what` names it in the message: "'head.0' (head, grouped)"."""
+    want_w, want_b = meanshift_tensors(sign, form)
+    want_diag = want_w.reshape(3) if form == "grouped" else np.diag(want_w[:, :, 0, 0])
+    if (
+        np.all(np.isfinite(diag))
+        and np.all(np.isfinite(bias))
+        and np.allclose(diag, want_diag, rtol=0, atol=_MEANSHIFT_ATOL)
+        and np.allclose(bias, want_b, rtol=0, atol=_MEANSHIFT_ATOL)
+    ):
+        return
+    want_mean = np.asarray(DIV2K_RGB_MEAN, np.float64) / RGB_RANGE
+    want_std = np.asarray(RGB_STD, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        std = 1.0 / diag
+        mean = sign * bias * std / RGB_RANGE
+    raise ConversionError(
+        f"{source}: MeanShift {what} encodes mean {_fmt(mean)} and std "
+        f"{_fmt(std)} at pixel range {RGB_RANGE:g} (weight diagonal {_fmt(diag)}, bias "
+        f"{_fmt(bias)}), but this model uses mean {_fmt(want_mean)} (DIV2K) and std "
+        f"{_fmt(want_std)} (weight diagonal {_fmt(want_diag)}, bias {_fmt(want_b)}): the "
+        "checkpoint was trained with another normalisation (e.g. rgb_range 1 or another "
+        "mean/std) and would give wrong colours"
+    )
 
 
 def _is_float(array: np.ndarray) -> bool:
@@ -456,11 +471,243 @@ def _default_res_scale(layout: str, sizes: Mapping[str, int]) -> float:
     return 1.0  # the AdaDSR release (0.1 folded into its weights) and RCAN
 
 
-def _set_param(param: nnx.Variable, path: tuple, value: np.ndarray) -> None:
-    old = param.get_raw_value()  # an array, or a ShapeDtypeStruct in an abstract model
-    if tuple(old.shape) != tuple(value.shape):  # the key table and the model disagree: a bug here
-        raise AssertionError(f"{path}: converted shape {value.shape} != parameter shape {old.shape}")
-    param.set_value(jnp.asarray(value, dtype=old.dtype))
+def _check_layout(state: Mapping[str, np.ndarray], layout: str, source: str) -> str:
+    """The layout to read the file with: `layout`, or the one detected from the keys when "auto"."""
+    if layout == "auto":
+        layout = detect_layout(state, source)
+    if layout not in LAYOUTS:
+        raise ConversionError(f"{source}: layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
+    return layout
+
+
+def _check_model_fits(
+    state: Mapping[str, np.ndarray],
+    layout: str,
+    model_name: str,
+    preset: ModelConfig,
+    backbone_only: bool,
+    source: str,
+) -> None:
+    """Refuse a file of another backbone (EDSR vs RCAN) and an adaptive model from a file without adapter
+    (unless backbone_only)."""
+    want_backbone = "edsr" if layout == "edsr" else "rcan" if layout == "rcan" else preset.backbone
+    if preset.backbone != want_backbone:
+        raise ConversionError(
+            f"{source}: the file has {layout.upper()} keys, but model {model_name!r} is an "
+            f"{preset.backbone.upper()}; pick an {want_backbone} model"
+        )
+    if layout == "adadsr":
+        has_groups = any(k.startswith("group0.") for k in state)
+        if has_groups != (preset.backbone == "rcan"):
+            kind = "AdaRCAN/RCAN" if has_groups else "AdaEDSR/EDSR"
+            raise ConversionError(
+                f"{source}: the file is an {kind} release checkpoint, but model {model_name!r} is an "
+                f"{preset.backbone.upper()}"
+            )
+    if layout != "adadsr" and preset.adaptive and not backbone_only:
+        raise ConversionError(
+            f"{source}: {layout.upper()} checkpoints hold no adapter, but model {model_name!r} needs one; "
+            "pass --backbone-only to load the backbone and keep a freshly initialised adapter"
+        )
+
+
+def _check_scale(
+    state: Mapping[str, np.ndarray], layout: str, scale: int, file_scale: int | None, source: str
+) -> None:
+    """Refuse a file whose 'scale' entry or upsampler says another factor than `scale`."""
+    for found, what in ((file_scale, "its 'scale' entry"), (infer_scale(state, layout), "its upsampler")):
+        if found is not None and found != scale:
+            raise ScaleMismatchError(
+                f"{source}: the checkpoint is for x{found} ({what}), but --scale is {scale}; "
+                f"convert it with --scale {found}"
+            )
+
+
+def _overrides(
+    preset: ModelConfig,
+    layout: str,
+    sizes: Mapping[str, int],
+    infer_size: bool,
+    res_scale: float | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """(overrides of `preset` that build the file's model, notes): the file's sizes where they differ
+    (infer_size), res_scale, and for the adaptive release how its adapter takes the depth."""
+    overrides: dict[str, Any] = {}
+    notes: list[str] = []
+    if infer_size:
+        for field, value in sizes.items():
+            if field == "adapter_features" and not preset.adaptive:
+                continue
+            if field == "num_groups" and preset.backbone == "edsr":
+                continue
+            if getattr(preset, field) != value:
+                overrides[field] = value
+        if overrides:
+            notes.append(f"sizes taken from the file: {overrides}")
+    overrides["res_scale"] = float(res_scale) if res_scale is not None else _default_res_scale(layout, sizes)
+    if preset.adaptive and layout == "adadsr":
+        # The AdaEDSR release scales the adapter output by d, the AdaRCAN release the first conv weight.
+        overrides["depth_input"] = "output" if preset.backbone == "edsr" else "weight"
+    return overrides, notes
+
+
+def _build_model(
+    model_name: str, scale: int, overrides: Mapping[str, Any], *, backbone_only: bool, seed: int, source: str
+) -> AdaDSR:
+    """The model to fill: abstract (shapes only), but for backbone_only with a real fresh adapter (seed)."""
+
+    def build() -> AdaDSR:
+        return create_model(model_name, scale=scale, rngs=nnx.Rngs(seed), **overrides)
+
+    try:
+        # Every parameter comes from the file, so an abstract model (shapes only) avoids running the
+        # random initialisers (slow to compile on CPU).
+        model = nnx.eval_shape(build)
+    except (ValueError, ZeroDivisionError) as err:  # sizes read off a malformed file (--infer-size)
+        raise ConversionError(f"{source}: cannot build model {model_name!r} with {overrides}: {err}") from err
+    if backbone_only and model.config.adaptive:
+        cfg = model.config
+        model.adapter = Adapter(
+            cfg.num_features,
+            cfg.adapter_features,
+            cfg.num_maps,
+            depth_input=cfg.depth_input,
+            rngs=nnx.Rngs(seed),
+        )
+    return model
+
+
+@dataclasses.dataclass
+class _KeyMap:
+    """What mapping the file's keys through the key table found (lists in the order of the table)."""
+
+    used: list[str]  # file keys something reads (MeanShift and the table's), present in the file or not
+    converted: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)  # path -> ours, float32
+    missing: list[str] = dataclasses.field(default_factory=list)
+    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = dataclasses.field(default_factory=list)
+    bad_dtype: list[str] = dataclasses.field(default_factory=list)  # "key (dtype)"
+    nonfinite: list[str] = dataclasses.field(default_factory=list)
+
+
+def _map_keys(
+    state: Mapping[str, np.ndarray], model: AdaDSR, layout: str, *, with_adapter: bool, used: list[str]
+) -> _KeyMap:
+    """Read every parameter of `model` (the adapter only if with_adapter) from the file through the key
+    table, in our layout and stacked; a parameter with any bad piece is left out of `converted`."""
+    found = _KeyMap(used=list(used))
+    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for entry in key_table(model, layout, with_adapter=with_adapter, file_keys=frozenset(state)):
+        param_shape = tuple(params[entry.path].get_raw_value().shape)
+        stack_shape = entry.keys.shape
+        file_shape = _file_shape(entry.kind, param_shape[len(stack_shape) :])
+        pieces = []
+        for index in np.ndindex(*stack_shape):
+            value = _read_tensor(state, entry.keys[index], file_shape, found)
+            if value is not None:
+                pieces.append(_to_ours(entry.kind, value))
+        if len(pieces) == int(np.prod(stack_shape, dtype=int)):
+            found.converted[entry.path] = np.stack(pieces).reshape(param_shape) if stack_shape else pieces[0]
+    return found
+
+
+def _read_tensor(
+    state: Mapping[str, np.ndarray], key: str, file_shape: tuple[int, ...], found: _KeyMap
+) -> np.ndarray | None:
+    """state[key] as float32 when it exists with `file_shape` and is float (else None, the problem noted
+    in `found`); a NaN/Inf tensor is returned and noted as non-finite."""
+    found.used.append(key)
+    if key not in state:
+        found.missing.append(key)
+    elif tuple(state[key].shape) != file_shape:
+        found.misshaped.append((key, tuple(state[key].shape), file_shape))
+    elif not _is_float(state[key]):
+        found.bad_dtype.append(f"{key} ({state[key].dtype})")
+    else:
+        with np.errstate(over="ignore"):  # float64 beyond float32 -> inf, reported as non-finite
+            value = np.asarray(state[key], dtype=np.float32)
+        if not np.all(np.isfinite(value)):
+            found.nonfinite.append(key)  # NaN/Inf in the file, or a float64 value beyond float32
+        return value
+    return None
+
+
+def _report_mismatches(
+    found: _KeyMap,
+    state: Mapping[str, np.ndarray],
+    model: AdaDSR,
+    *,
+    model_name: str,
+    scale: int,
+    layout: str,
+    sizes: Mapping[str, int],
+    infer_size: bool,
+    source: str,
+) -> None:
+    """Raise CheckpointMismatchError naming missing, unexpected (read by nothing) and mis-shaped keys,
+    with a hint when the file looks like another size or has an adapter; then ConversionError for
+    non-float or non-finite tensors."""
+    used = set(found.used)
+    unexpected = [k for k in state if k not in used]
+    missing, misshaped = found.missing, found.misshaped
+    if missing or unexpected or misshaped:
+        message = (
+            f"{source}: the checkpoint does not fit model {model_name!r} (x{scale}, {layout} layout):"
+            + (_listing("missing keys", missing) if missing else "")
+            + (_listing("unexpected keys", unexpected) if unexpected else "")
+            + (
+                _listing(
+                    "mis-shaped keys", [f"{k} file {tuple(f)} != model {tuple(w)}" for k, f, w in misshaped]
+                )
+                if misshaped
+                else ""
+            )
+        )
+        cfg = model.config
+        differ = {
+            k: v
+            for k, v in sizes.items()
+            if hasattr(cfg, k) and getattr(cfg, k) != v and (k != "adapter_features" or cfg.adaptive)
+        }
+        if unexpected and not cfg.adaptive and all(k.startswith("predictor.") for k in unexpected):
+            message += "\n  the file has an adapter (predictor.*): convert it into adaedsr/adarcan"
+        if differ and not infer_size:
+            message += f"\n  the file looks like {differ}: pass --infer-size to adopt the file's sizes"
+        raise CheckpointMismatchError(message, missing, unexpected, misshaped)
+    if found.bad_dtype:
+        raise ConversionError(
+            f"{source}: parameters must be floating-point tensors:"
+            + _listing("non-float keys", found.bad_dtype)
+        )
+    if found.nonfinite:
+        raise ConversionError(
+            f"{source}: the checkpoint holds NaN or infinite weights (a diverged or damaged model):"
+            + _listing("non-finite keys", found.nonfinite)
+        )
+
+
+def _set_params(
+    model: AdaDSR, converted: Mapping[tuple, np.ndarray], *, backbone_only: bool, source: str
+) -> None:
+    """Write the converted arrays into `model` (each cast to its parameter's dtype). backbone_only: the
+    fresh adapter stays and the rest comes from the file, merged by checkpoint.with_backbone (the same
+    merge as training's init_from)."""
+    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    values = {}
+    for path, value in converted.items():
+        old = params[path].get_raw_value()  # an array, or a ShapeDtypeStruct in an abstract model
+        if tuple(old.shape) != tuple(value.shape):  # the key table and the model disagree: a bug here
+            raise AssertionError(f"{path}: converted shape {value.shape} != parameter shape {old.shape}")
+        values[path] = jnp.asarray(value, dtype=old.dtype)
+    loaded = nnx.traversals.unflatten_mapping(values)
+    if backbone_only and model.config.adaptive:
+        # The key table covers the whole backbone, so a ValueError here is a bug of this module.
+        loaded = with_backbone(nnx.to_pure_dict(nnx.state(model, nnx.Param)), loaded, source)
+    loaded = nnx.traversals.flatten_mapping(loaded)
+    # Every parameter must have a source (all of them unless the adapter keeps its initialisation).
+    unmapped = set(params) - set(loaded)
+    assert not unmapped, f"parameters without a source key: {sorted(unmapped)}"
+    for path, value in loaded.items():
+        params[path].set_value(value)
 
 
 def convert_state_dict(
@@ -485,153 +732,32 @@ def convert_state_dict(
     ConversionError.
     """
     state = dict(state)
-    if layout == "auto":
-        layout = detect_layout(state, source)
-    if layout not in LAYOUTS:
-        raise ConversionError(f"{source}: layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
+    layout = _check_layout(state, layout, source)
     preset = get_model_config(model_name)
-    want_backbone = "edsr" if layout == "edsr" else "rcan" if layout == "rcan" else preset.backbone
-    if preset.backbone != want_backbone:
-        raise ConversionError(
-            f"{source}: the file has {layout.upper()} keys, but model {model_name!r} is an "
-            f"{preset.backbone.upper()}; pick an {want_backbone} model"
-        )
-    if layout == "adadsr":
-        has_groups = any(k.startswith("group0.") for k in state)
-        if has_groups != (preset.backbone == "rcan"):
-            kind = "AdaRCAN/RCAN" if has_groups else "AdaEDSR/EDSR"
-            raise ConversionError(
-                f"{source}: the file is an {kind} release checkpoint, but model {model_name!r} is an "
-                f"{preset.backbone.upper()}"
-            )
-    if layout != "adadsr" and preset.adaptive and not backbone_only:
-        raise ConversionError(
-            f"{source}: {layout.upper()} checkpoints hold no adapter, but model {model_name!r} needs one; "
-            "pass --backbone-only to load the backbone and keep a freshly initialised adapter"
-        )
-
-    for found, what in ((file_scale, "its 'scale' entry"), (infer_scale(state, layout), "its upsampler")):
-        if found is not None and found != scale:
-            raise ScaleMismatchError(
-                f"{source}: the checkpoint is for x{found} ({what}), but --scale is {scale}; "
-                f"convert it with --scale {found}"
-            )
-
+    _check_model_fits(state, layout, model_name, preset, backbone_only, source)
+    _check_scale(state, layout, scale, file_scale, source)
     sizes = infer_sizes(state, layout)
-    overrides: dict[str, Any] = {}
-    notes: list[str] = []
-    if infer_size:
-        for field, value in sizes.items():
-            if field == "adapter_features" and not preset.adaptive:
-                continue
-            if field == "num_groups" and preset.backbone == "edsr":
-                continue
-            if getattr(preset, field) != value:
-                overrides[field] = value
-        if overrides:
-            notes.append(f"sizes taken from the file: {overrides}")
-    overrides["res_scale"] = float(res_scale) if res_scale is not None else _default_res_scale(layout, sizes)
-    if preset.adaptive and layout == "adadsr":
-        # The AdaEDSR release scales the adapter output by d, the AdaRCAN release the first conv weight.
-        overrides["depth_input"] = "output" if preset.backbone == "edsr" else "weight"
-
-    def build() -> AdaDSR:
-        return create_model(model_name, scale=scale, rngs=nnx.Rngs(seed), **overrides)
-
-    try:
-        # Every parameter comes from the file, so an abstract model (shapes only) avoids running the
-        # random initialisers (slow to compile on CPU).
-        model = nnx.eval_shape(build)
-    except (ValueError, ZeroDivisionError) as err:  # sizes read off a malformed file (--infer-size)
-        raise ConversionError(f"{source}: cannot build model {model_name!r} with {overrides}: {err}") from err
-    if backbone_only and model.config.adaptive:
-        cfg = model.config
-        model.adapter = Adapter(
-            cfg.num_features,
-            cfg.adapter_features,
-            cfg.num_maps,
-            depth_input=cfg.depth_input,
-            rngs=nnx.Rngs(seed),
-        )
-
-    used, ms_notes = _check_meanshift(state, layout, source)
-    notes += ms_notes
-    missing: list[str] = []
-    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-    bad_dtype: list[str] = []
-    nonfinite: list[str] = []
-    converted: dict[tuple, np.ndarray] = {}
-    entries = key_table(model, layout, with_adapter=not backbone_only, file_keys=frozenset(state))
-    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    for entry in entries:
-        param_shape = tuple(params[entry.path].get_raw_value().shape)
-        stack_shape = entry.keys.shape
-        file_shape = _file_shape(entry.kind, param_shape[len(stack_shape) :])
-        pieces = []
-        for index in np.ndindex(*stack_shape):
-            key = entry.keys[index]
-            used.append(key)
-            if key not in state:
-                missing.append(key)
-            elif tuple(state[key].shape) != file_shape:
-                misshaped.append((key, tuple(state[key].shape), file_shape))
-            elif not _is_float(state[key]):
-                bad_dtype.append(f"{key} ({state[key].dtype})")
-            else:
-                with np.errstate(over="ignore"):  # float64 beyond float32 -> inf, reported just below
-                    value = np.asarray(state[key], dtype=np.float32)
-                if not np.all(np.isfinite(value)):
-                    nonfinite.append(key)  # NaN/Inf in the file, or a float64 value beyond float32
-                pieces.append(_to_ours(entry.kind, value))
-        if len(pieces) == int(np.prod(stack_shape, dtype=int)):
-            stacked = np.stack(pieces).reshape(param_shape) if stack_shape else pieces[0]
-            converted[entry.path] = stacked
-    used_set = set(used)
-    unexpected = [k for k in state if k not in used_set]
-    if missing or unexpected or misshaped:
-        message = (
-            f"{source}: the checkpoint does not fit model {model_name!r} (x{scale}, {layout} layout):"
-            + (_listing("missing keys", missing) if missing else "")
-            + (_listing("unexpected keys", unexpected) if unexpected else "")
-            + (
-                _listing(
-                    "mis-shaped keys", [f"{k} file {tuple(f)} != model {tuple(w)}" for k, f, w in misshaped]
-                )
-                if misshaped
-                else ""
-            )
-        )
-        differ = {
-            k: v
-            for k, v in sizes.items()
-            if hasattr(model.config, k)
-            and getattr(model.config, k) != v
-            and (k != "adapter_features" or model.config.adaptive)
-        }
-        if unexpected and not model.config.adaptive and all(k.startswith("predictor.") for k in unexpected):
-            message += "\n  the file has an adapter (predictor.*): convert it into adaedsr/adarcan"
-        if differ and not infer_size:
-            message += f"\n  the file looks like {differ}: pass --infer-size to adopt the file's sizes"
-        raise CheckpointMismatchError(message, missing, unexpected, misshaped)
-
-    if bad_dtype:
-        raise ConversionError(
-            f"{source}: parameters must be floating-point tensors:" + _listing("non-float keys", bad_dtype)
-        )
-    if nonfinite:
-        raise ConversionError(
-            f"{source}: the checkpoint holds NaN or infinite weights (a diverged or damaged model):"
-            + _listing("non-finite keys", nonfinite)
-        )
-    # Every parameter must have a source (all of them unless the adapter keeps its initialisation).
-    unmapped = {p for p in params if not (backbone_only and p[0] == "adapter")} - set(converted)
-    assert not unmapped, f"parameters without a source key: {sorted(unmapped)}"
-    for path, value in converted.items():
-        _set_param(params[path], path, value)
+    overrides, notes = _overrides(preset, layout, sizes, infer_size, res_scale)
+    model = _build_model(model_name, scale, overrides, backbone_only=backbone_only, seed=seed, source=source)
+    used, meanshift_notes = _check_meanshift(state, layout, source)
+    notes += meanshift_notes
+    found = _map_keys(state, model, layout, with_adapter=not backbone_only, used=used)
+    _report_mismatches(
+        found,
+        state,
+        model,
+        model_name=model_name,
+        scale=scale,
+        layout=layout,
+        sizes=sizes,
+        infer_size=infer_size,
+        source=source,
+    )
+    _set_params(model, found.converted, backbone_only=backbone_only, source=source)
     if backbone_only and model.config.adaptive:
         notes.append(f"adapter left at its fresh initialisation (seed {seed})")
     notes.append(f"res_scale {overrides['res_scale']}")
-    return Conversion(model, model_name, scale, overrides, layout, len(used_set), notes)
+    return Conversion(model, model_name, scale, overrides, layout, len(set(found.used)), notes)
 
 
 def convert_checkpoint(path: str | os.PathLike, *, model_name: str, scale: int, **kwargs: Any) -> Conversion:

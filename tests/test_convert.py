@@ -20,6 +20,7 @@ from checkpoint_fixtures import (
 from flax import nnx
 from torch_format import write_legacy, write_zip
 
+from adadsr_jax.checkpoint import with_backbone
 from adadsr_jax.convert import (
     CheckpointMismatchError,
     ConversionError,
@@ -28,7 +29,7 @@ from adadsr_jax.convert import (
     convert_state_dict,
     main,
 )
-from adadsr_jax.models import get_model_config
+from adadsr_jax.models import Adapter, get_model_config
 
 # --------------------------------------------------------------------------------------------------
 # float64 numpy model of the PyTorch layers (NCHW, OIHW), run on the source tensors.
@@ -526,3 +527,39 @@ def test_impossible_sizes_read_with_infer_size_are_refused():
         ConversionError, match=r"^z\.pth: cannot build model 'rcan_tiny' with .*'reduction': 0"
     ):
         convert_state_dict(sd, model_name="rcan_tiny", scale=2, infer_size=True, source="z.pth")
+
+
+def test_with_backbone_takes_every_entry_but_the_adapter():
+    fresh = {"head": {"kernel": np.zeros((3, 3, 3, 8))}, "adapter": {"bias": np.full(4, 7.0)}}
+    other = {"head": {"kernel": np.ones((3, 3, 3, 8))}, "adapter": {"bias": np.zeros(9)}, "extra": np.ones(2)}
+    merged = with_backbone(fresh, other, "src")
+    assert set(merged) == {"head", "adapter"}  # entries only the backbone has are not taken
+    assert merged["head"] is other["head"]
+    assert merged["adapter"] is fresh["adapter"]  # kept, even though the backbone's has another shape
+    assert fresh["head"]["kernel"].sum() == 0  # the input is not modified
+    with pytest.raises(ValueError) as info:
+        with_backbone(fresh, {"adapter": fresh["adapter"]}, "init_from run1")
+    assert str(info.value) == "init_from run1: its model has no 'head' parameters"
+    with pytest.raises(ValueError) as info:
+        with_backbone(fresh, {"head": {"kernel": np.ones((3, 3, 3, 4))}}, "init_from run1")
+    assert str(info.value) == (
+        "init_from run1: 'head' shapes differ: checkpoint {'kernel': (3, 3, 3, 4)}, "
+        "model {'kernel': (3, 3, 3, 8)}"
+    )
+
+
+def test_backbone_only_keeps_a_fresh_adapter_of_the_seed():
+    up = upstream_state_dict("edsr", 8, 3, 1, 1, 2)
+    result = convert_state_dict(up, model_name="adaedsr_tiny", scale=2, backbone_only=True, seed=3)
+    cfg = result.model.config
+    fresh = Adapter(
+        cfg.num_features, cfg.adapter_features, cfg.num_maps, depth_input=cfg.depth_input, rngs=nnx.Rngs(3)
+    )
+    got = nnx.to_pure_dict(nnx.state(result.model.adapter, nnx.Param))
+    want = nnx.to_pure_dict(nnx.state(fresh, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert len(jax.tree.leaves(got)) == len(jax.tree.leaves(want)) > 0
+    np.testing.assert_array_equal(
+        np.asarray(result.model.tail.kernel[...]), up["tail.1.weight"].transpose(2, 3, 1, 0)
+    )
+    assert "adapter left at its fresh initialisation (seed 3)" in result.notes

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from adadsr_jax import checkpoint
 from adadsr_jax.data import TrainBatches, make_source
 from adadsr_jax.evaluation.inference import Predictor
 from adadsr_jax.models import AdaDSR
@@ -97,18 +98,7 @@ def init_backbone_from(params: dict, path: str | Path) -> tuple[dict, int, dict]
     source_state = nnx.state(checkpoints.abstract_model(source_config), nnx.Param)
     abstract = checkpoints.abstract_tree(nnx.to_pure_dict(source_state))
     source_params, source_step = checkpoints.load_params(path, abstract)
-    out = dict(params)
-    for key, value in params.items():
-        if key == "adapter":
-            continue
-        if key not in source_params:
-            raise ValueError(f"init_from {path}: its model has no '{key}' parameters")
-        want = jax.tree.map(np.shape, value)
-        got = jax.tree.map(np.shape, source_params[key])
-        if want != got:
-            raise ValueError(f"init_from {path}: '{key}' shapes differ: checkpoint {got}, model {want}")
-        out[key] = source_params[key]
-    return out, source_step, source_config
+    return checkpoint.with_backbone(params, source_params, f"init_from {path}"), source_step, source_config
 
 
 @dataclasses.dataclass(frozen=True)
