@@ -10,31 +10,34 @@ Layout of a model directory written by `save_model`:
 
 Kernels are HWIO (`[3, 3, Cin, Cout]`, residual stacks with leading block/group axes), images NHWC on the
 0..255 scale (README "Using a model from Python"). `load_model` also reads the Orbax layouts of a training
-workdir and of `save_inference_checkpoint` (delegating to `adadsr_jax.training.checkpoints`), so callers
-need one loader for every model source.
+workdir and of `save_inference_checkpoint` (Orbax, the training-state format: see the section below), so
+callers need one loader for every model source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
-from adadsr_jax.models import AdaDSR, ModelConfig
+from adadsr_jax.models import AdaDSR, ModelConfig, get_model_config
 
 FORMAT = "adadsr-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 DESCRIPTOR_FILE = "model.json"
-ORBAX_CONFIG_FILE = "config.json"  # training workdirs and inference checkpoints (training.checkpoints)
 
 
 class ModelFileError(ValueError):
@@ -265,6 +268,18 @@ def _load_safetensors_dir(directory: Path) -> AdaDSR:
     return nnx.merge(graphdef, state)
 
 
+def model_source(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(name, overrides) to label results with: the preset and overrides of an Orbax run config, or
+    ("model", every config field) for a save_model directory, which records no preset name."""
+    p = Path(path)
+    if p.is_file() and p.name in (DESCRIPTOR_FILE, WEIGHTS_FILE):
+        p = p.parent
+    if is_model_dir(p):
+        return "model", dict(read_descriptor(p)["config"])
+    model = read_config(p)["model"]
+    return str(model["name"]), dict(model.get("overrides") or {})
+
+
 def is_model_dir(path: str | os.PathLike) -> bool:
     """Whether `path` is a directory written by `save_model` (it has a model.json)."""
     return (Path(path) / DESCRIPTOR_FILE).is_file()
@@ -282,14 +297,231 @@ def load_model(path: str | os.PathLike, *, which: Literal["best", "latest"] = "b
         p = p.parent
     if is_model_dir(p):
         return _load_safetensors_dir(p)
-    if (p / ORBAX_CONFIG_FILE).is_file():
-        # Orbax is still the training format; the lead moves that code here later.
-        from adadsr_jax.training.checkpoints import load_model as load_orbax
-
-        return load_orbax(p, which=which)[0]
+    if (p / CONFIG_FILE).is_file():
+        return load_orbax_model(p, which=which)[0]
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such model directory")
     raise FileNotFoundError(
         f"{p}: not a model directory (no {DESCRIPTOR_FILE}) nor a training workdir or inference "
-        f"checkpoint (no {ORBAX_CONFIG_FILE})"
+        f"checkpoint (no {CONFIG_FILE})"
     )
+
+
+# ---------------------------------------------------------------------------------------------- Orbax
+# Training workdirs and inference checkpoints (the training-state format; adadsr_jax.training writes the
+# workdirs, everything here reads them):
+#
+#     <dir>/config.json                   the resolved run config;
+#                                         at least {"model": {"name", "scale", "overrides"}}
+#     <dir>/checkpoints/<step>/params     model parameters (Orbax StandardSave of a pure dict)
+#     <dir>/checkpoints/<step>/opt_state  optimizer state (training checkpoints only)
+#     <dir>/checkpoints/<step>/meta       JSON: step, RNG key data, data-iterator state
+#
+# Checkpoints saved with a validation PSNR (metrics {"val_psnr": dB}) compete for "best".
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+BEST_METRIC = "val_psnr"
+
+
+def best_metric(metrics: Mapping[str, float]) -> float:
+    return float(metrics[BEST_METRIC])
+
+
+def open_checkpoints(workdir: str | os.PathLike) -> ocp.CheckpointManager:
+    """A read-only CheckpointManager on `<workdir>/checkpoints` that knows which step is "best"."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=best_metric, best_mode="max")
+    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_SUBDIR, options=options)
+
+
+# Orbax's notices, through absl's logger, that say nothing to a user of our commands: opening a manager
+# read-only (what loading always does) and saving without metrics while best_fn is set (a checkpoint
+# saved without validation is simply not a "best" candidate, as documented above).
+_ORBAX_CHATTER = (
+    "CheckpointManagerOptions.read_only=True",
+    "Given directory is read only",
+    "Requested `tracked_metric`; did not provide metrics",
+)
+
+
+class _DropOrbaxChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_ORBAX_CHATTER)
+
+
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+    """Drop only the _ORBAX_CHATTER messages from the absl logger while the block runs (at the call, not
+    globally: every other warning still shows)."""
+    logger = logging.getLogger("absl")
+    chatter = _DropOrbaxChatter()
+    logger.addFilter(chatter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(chatter)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple | set):
+        return list(value)
+    if hasattr(value, "item"):  # numpy / jax scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_config(directory: str | os.PathLike, config: Mapping[str, Any]) -> Path:
+    """Write `config` as `<directory>/config.json` (atomically: write then rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CONFIG_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The run config in `<directory>/config.json`, checked for the model fields load_model needs."""
+    directory = Path(directory)
+    if directory.is_file():
+        hint = (
+            "; convert a PyTorch file first: python -m adadsr_jax.convert"
+            if directory.suffix.lower() in (".pt", ".pth", ".pkl", ".tar")
+            else ""
+        )
+        raise NotADirectoryError(
+            f"{directory}: is a file, not a checkpoint directory (a training workdir or a folder written "
+            f"by python -m adadsr_jax.convert){hint}"
+        )
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such checkpoint directory")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; not a training workdir or inference checkpoint")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or "name" not in model or "scale" not in model:
+        raise ValueError(f"{path}: needs a 'model' entry with 'name' and 'scale'")
+    overrides = model.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{path}: model.overrides must be a mapping, got {type(overrides).__name__}")
+    return config
+
+
+def config_model(config: Mapping[str, Any]) -> tuple[ModelConfig, int]:
+    """The ModelConfig and scale of a run config's {"model": {"name", "scale", "overrides"}}."""
+    m = config["model"]
+    return get_model_config(m["name"], **dict(m.get("overrides") or {})), int(m["scale"])
+
+
+def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """ShapeDtypeStruct leaves with `sharding` (default: this host's first device) for an Orbax restore
+    target. An explicit sharding lets a checkpoint saved on other devices (8 GPUs, 2 hosts) load here."""
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def select_step(manager: ocp.CheckpointManager, which: Literal["best", "latest"]) -> int | None:
+    """The best step (highest val_psnr; the latest one when none was saved with metrics) or the latest."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    latest = manager.latest_step()
+    if which == "latest" or latest is None:
+        return latest
+    best = manager.best_step()
+    return latest if best is None else best
+
+
+def load_params(
+    path: str | os.PathLike,
+    abstract_params: Any,
+    *,
+    which: Literal["best", "latest"] = "best",
+) -> tuple[Any, int]:
+    """Parameters (a pure dict shaped like `abstract_params`) and their step from a workdir/checkpoint."""
+    path = Path(path)
+    ckpt_dir = path / CHECKPOINT_SUBDIR
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{path}: no '{CHECKPOINT_SUBDIR}' folder; nothing was saved here")
+    with quiet_orbax():
+        manager = open_checkpoints(path)
+        try:
+            step = select_step(manager, which)
+            if step is None:
+                raise FileNotFoundError(f"{ckpt_dir}: contains no finished checkpoint")
+            try:
+                restored = manager.restore(
+                    step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+                )
+            except (FileNotFoundError, ValueError, KeyError, OSError, TypeError) as e:
+                raise ValueError(
+                    f"{ckpt_dir / str(step)}: cannot read the parameters (corrupt, or the config's model "
+                    f"does not match them): {type(e).__name__}: {e}"
+                ) from e
+        finally:
+            manager.close()
+    params = restored["params"]
+    # Orbax checks leaf shapes loosely for some layouts; insist on the exact tree the model expects.
+    want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), abstract_params)
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
+    if want != got:
+        raise ValueError(f"{ckpt_dir / str(step)}: parameter shapes do not match the config's model")
+    return params, step
+
+
+def save_inference_checkpoint(
+    directory: str | os.PathLike,
+    model: AdaDSR,
+    *,
+    model_name: str,
+    overrides: dict | None = None,
+    step: int = 0,
+) -> None:
+    """Write `model`'s parameters and a minimal run config to `directory` (training-workdir layout).
+
+    model_name/overrides must rebuild the model's architecture: get_model_config(model_name, **overrides)
+    has to equal model.config, otherwise ValueError (a checkpoint that cannot be loaded back is useless).
+    Blocks until the files are on disk.
+    """
+    overrides = dict(overrides or {})
+    expected = get_model_config(model_name, **dict(overrides))
+    if expected != model.config:
+        raise ValueError(
+            f"model_name={model_name!r} with overrides {overrides} gives {expected}, "
+            f"but the model has {model.config}"
+        )
+    directory = Path(directory).absolute()
+    config = {"model": {"name": model_name, "scale": int(model.scale), "overrides": overrides}}
+    write_config(directory, config)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False, max_to_keep=1)
+    items = {
+        "params": ocp.args.StandardSave(params),
+        "meta": ocp.args.JsonSave({"step": int(step), "kind": "inference"}),
+    }
+    with quiet_orbax(), ocp.CheckpointManager(directory / CHECKPOINT_SUBDIR, options=options) as manager:
+        manager.save(int(step), args=ocp.args.Composite(**items))
+
+
+def load_orbax_model(
+    path: str | os.PathLike, *, which: Literal["best", "latest"] = "best"
+) -> tuple[AdaDSR, dict[str, Any]]:
+    """The model saved in a training workdir or a `save_inference_checkpoint` directory, and its config.
+
+    which="best" takes the step with the highest validation PSNR (the latest when none was recorded).
+    Missing input raises FileNotFoundError, a file where the directory should be NotADirectoryError,
+    corrupt or mismatched input ValueError; all name the path.
+    """
+    config = read_config(path)
+    try:
+        model = abstract_model(*config_model(config))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{Path(path) / CONFIG_FILE}: cannot build the model: {e}") from e
+    graphdef, state = nnx.split(model, nnx.Param)
+    params, _ = load_params(path, abstract_tree(nnx.to_pure_dict(state)), which=which)
+    return nnx.merge(graphdef, params), config

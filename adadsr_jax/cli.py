@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -77,16 +78,15 @@ def report(err: BaseException) -> int:
     return EXIT_USER_ERROR
 
 
-def run_cli(
-    body: Callable[[], int | None], *, user_errors: tuple[type[BaseException], ...] = USER_ERRORS
-) -> int:
-    """Run a command's body; its return code (None: 0), or EXIT_USER_ERROR after one error line for the
-    exceptions in `user_errors`. Anything else propagates (a bug: the traceback is what we need)."""
+def run_cli(body: Callable[[], Any], *, user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+    """Run a command's body: an int it returns is the exit status, anything else (None, the command's
+    results) means success; EXIT_USER_ERROR after one error line for the exceptions in `user_errors`.
+    Anything else propagates (a bug: the traceback is what we need)."""
     try:
         code = body()
     except user_errors as err:
         return report(err)
-    return EXIT_OK if code is None else int(code)
+    return code if isinstance(code, int) else EXIT_OK
 
 
 def _what(flag: str | None) -> str:

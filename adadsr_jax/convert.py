@@ -786,7 +786,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="the torch.save file (zip or legacy format)")
     p.add_argument("--model", required=True, help="model preset: adaedsr, adarcan, edsr, rcan (or *_small)")
     p.add_argument("--scale", type=int, required=True, choices=(2, 3, 4))
-    p.add_argument("--out", required=True, help="output directory (config.json + Orbax parameters)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--format",
+        default="orbax",
+        choices=("orbax", "safetensors"),
+        help="orbax: config.json + Orbax parameters (default); safetensors: model.safetensors + model.json "
+        "(adadsr_jax.save_model; readable without this package)",
+    )
     p.add_argument(
         "--layout", default="auto", choices=("auto", *LAYOUTS), help="key layout (default: detect)"
     )
@@ -824,11 +831,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             backbone_only=args.backbone_only,
             seed=args.seed,
         )
-        from adadsr_jax.training.checkpoints import save_inference_checkpoint
+        from adadsr_jax.checkpoint import save_inference_checkpoint, save_model
 
-        save_inference_checkpoint(
-            args.out, result.model, model_name=result.model_name, overrides=result.overrides
-        )
+        if args.format == "safetensors":
+            save_model(result.model, args.out)
+        else:
+            save_inference_checkpoint(
+                args.out, result.model, model_name=result.model_name, overrides=result.overrides
+            )
         print(
             f"converted {args.checkpoint} ({result.layout} layout, {result.converted_keys} tensors) -> "
             f"{args.out}: model {result.model_name} x{result.scale}, overrides {result.overrides}"

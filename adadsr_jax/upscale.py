@@ -237,9 +237,9 @@ def run(args) -> list[Path]:
     An input that cannot be read (corrupt, 16-bit without --convert-16bit) is reported and skipped; the
     others are still written, then ValueError lists the skipped files.
     """
+    from adadsr_jax.checkpoint import load_model
     from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
     from adadsr_jax.evaluation.runner import colorize_depth
-    from adadsr_jax.training.checkpoints import load_model
 
     # Every flag and path is checked before the model is loaded: a typo fails at once, with nothing written.
     # Same check and message as evaluate.py's --depths.
@@ -252,7 +252,7 @@ def run(args) -> list[Path]:
     source_flag = "--workdir" if args.workdir else "--checkpoint"
     require_checkpoint_dir(args.workdir or args.checkpoint, source_flag)
     out_dir = require_output_dir(args.out, "--out")
-    model, _ = load_model(args.workdir or args.checkpoint, which=args.which)
+    model = load_model(args.workdir or args.checkpoint, which=args.which)
     scale = int(model.scale)
     outs = output_paths(files, out_dir, scale)
     predictor = Predictor(
@@ -297,11 +297,7 @@ def run(args) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0, or 2 with one `error: <path>: <problem>` line (adadsr_jax.cli's convention)."""
     args = build_parser().parse_args(argv)
-
-    def body() -> None:
-        run(args)
-
-    return run_cli(body)
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

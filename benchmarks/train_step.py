@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adadsr_jax.models import get_model_config
-from adadsr_jax.training import checkpoints as ck
+from adadsr_jax.models import AdaDSR, get_model_config
 from adadsr_jax.training import parallel
 from adadsr_jax.training.config import method_defaults
 from adadsr_jax.training.optim import make_optimizer
@@ -29,11 +28,13 @@ from adadsr_jax.training.step import make_train_step
 def time_train_step(name: str, *, scale: int, batch: int, patch: int, steps: int, overrides=None) -> dict:
     """Seconds per compiled train step (median of `steps` after one warm-up) and the compile time."""
     overrides = dict(overrides or {})
-    depth_loss_weight, depth_range = method_defaults(get_model_config(name, **overrides))
-    config = {"model": {"name": name, "scale": scale, "overrides": overrides}}
-    graphdef, _ = nnx.split(ck.abstract_model(config), nnx.Param)
+    model_cfg = get_model_config(name, **overrides)
+    depth_loss_weight, depth_range = method_defaults(model_cfg)
+    graphdef, _ = nnx.split(
+        nnx.eval_shape(lambda: AdaDSR(model_cfg, scale=scale, rngs=nnx.Rngs(0))), nnx.Param
+    )
     init = jax.jit(
-        lambda key: nnx.to_pure_dict(nnx.state(ck.model_from_config(config, rngs=nnx.Rngs(key)), nnx.Param))
+        lambda key: nnx.to_pure_dict(nnx.state(AdaDSR(model_cfg, scale=scale, rngs=nnx.Rngs(key)), nnx.Param))
     )
     tx, schedule = make_optimizer(
         {"name": "adam", "lr": 1e-4, "schedule": "step", "decay_steps": 200_000, "decay_factor": 0.5}

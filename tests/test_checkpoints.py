@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from adadsr_jax import checkpoint
 from adadsr_jax.models import create_model
 from adadsr_jax.training import checkpoints as ck
 
@@ -27,7 +28,7 @@ def _assert_same_params(a, b):
 def saved(tmp_path_factory):
     model = create_model("adaedsr_tiny", scale=3, rngs=nnx.Rngs(7), num_blocks=2)
     directory = tmp_path_factory.mktemp("inference")
-    ck.save_inference_checkpoint(
+    checkpoint.save_inference_checkpoint(
         directory, model, model_name="adaedsr_tiny", overrides={"num_blocks": 2}, step=5
     )
     return model, directory
@@ -35,7 +36,7 @@ def saved(tmp_path_factory):
 
 def test_round_trip_params_config_and_outputs(saved):
     model, directory = saved
-    loaded, config = ck.load_model(directory)
+    loaded, config = checkpoint.load_orbax_model(directory)
     assert config == {"model": {"name": "adaedsr_tiny", "scale": 3, "overrides": {"num_blocks": 2}}}
     assert loaded.config == model.config and loaded.scale == 3
     _assert_same_params(model, loaded)
@@ -45,13 +46,15 @@ def test_round_trip_params_config_and_outputs(saved):
     np.testing.assert_array_equal(np.asarray(sr_a), np.asarray(sr_b))
     assert sr_b.shape == (1, 18, 15, 3)
     # An inference checkpoint has no metrics: "best" falls back to the latest (the only) step.
-    loaded_latest, _ = ck.load_model(directory, which="latest")
+    loaded_latest, _ = checkpoint.load_orbax_model(directory, which="latest")
     _assert_same_params(model, loaded_latest)
 
 
 def test_best_and_latest_in_a_training_workdir(tmp_path):
     models = [create_model("edsr_tiny", scale=2, rngs=nnx.Rngs(s)) for s in range(4)]
-    ck.write_config(tmp_path, {"model": {"name": "edsr_tiny", "scale": 2, "overrides": {}}, "train": {}})
+    checkpoint.write_config(
+        tmp_path, {"model": {"name": "edsr_tiny", "scale": 2, "overrides": {}}, "train": {}}
+    )
     manager = ck.make_manager(tmp_path, max_to_keep=1)
     psnrs = [30.0, 31.0, 29.0, None]  # the best is step 20; step 40 (no eval) is the latest
     for i, (m, p) in enumerate(zip(models, psnrs, strict=True)):
@@ -59,6 +62,7 @@ def test_best_and_latest_in_a_training_workdir(tmp_path):
             manager,
             (i + 1) * 10,
             params=_params(m),
+            opt_state={"count": np.zeros((), np.int32)},
             meta={"step": (i + 1) * 10},
             metrics=None if p is None else {"val_psnr": p},
         )
@@ -66,25 +70,25 @@ def test_best_and_latest_in_a_training_workdir(tmp_path):
     # latest-1 plus the best are kept; the others are deleted.
     assert manager.all_steps() == [20, 40]
     manager.close()
-    best, _ = ck.load_model(tmp_path, which="best")
-    latest, _ = ck.load_model(tmp_path, which="latest")
+    best, _ = checkpoint.load_orbax_model(tmp_path, which="best")
+    latest, _ = checkpoint.load_orbax_model(tmp_path, which="latest")
     _assert_same_params(best, models[1])
     _assert_same_params(latest, models[3])
 
 
 def test_missing_paths_raise_file_not_found(tmp_path, saved):
     with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
-        ck.load_model(tmp_path / "nope")
+        checkpoint.load_orbax_model(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=r"config\.json: missing"):
-        ck.load_model(tmp_path)
-    ck.write_config(tmp_path, {"model": {"name": "edsr_tiny", "scale": 2}})
+        checkpoint.load_orbax_model(tmp_path)
+    checkpoint.write_config(tmp_path, {"model": {"name": "edsr_tiny", "scale": 2}})
     with pytest.raises(FileNotFoundError, match="no 'checkpoints' folder"):
-        ck.load_model(tmp_path)
+        checkpoint.load_orbax_model(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(FileNotFoundError, match="contains no finished checkpoint"):
-        ck.load_model(tmp_path)
+        checkpoint.load_orbax_model(tmp_path)
     with pytest.raises(ValueError, match="which must be"):
-        ck.load_model(saved[1], which="newest")
+        checkpoint.load_orbax_model(saved[1], which="newest")
 
 
 @pytest.mark.parametrize(
@@ -100,16 +104,16 @@ def test_bad_config_raises_value_error_naming_the_file(tmp_path, saved, text, me
     shutil.copytree(saved[1], tmp_path / "ck")
     (tmp_path / "ck" / "config.json").write_text(text)
     with pytest.raises(ValueError, match=message) as err:
-        ck.load_model(tmp_path / "ck")
+        checkpoint.load_orbax_model(tmp_path / "ck")
     assert str(tmp_path / "ck") in str(err.value)
 
 
 def test_mismatched_or_corrupt_params_raise_value_error(tmp_path, saved):
     shutil.copytree(saved[1], tmp_path / "ck")
     # The config says 3 blocks, the checkpoint has 2.
-    ck.write_config(tmp_path / "ck", {"model": {"name": "adaedsr_tiny", "scale": 3, "overrides": {}}})
+    checkpoint.write_config(tmp_path / "ck", {"model": {"name": "adaedsr_tiny", "scale": 3, "overrides": {}}})
     with pytest.raises(ValueError, match=r"cannot read the parameters|do not match") as err:
-        ck.load_model(tmp_path / "ck")
+        checkpoint.load_orbax_model(tmp_path / "ck")
     assert str(tmp_path / "ck") in str(err.value)
 
     shutil.copytree(saved[1], tmp_path / "ck2")
@@ -117,11 +121,11 @@ def test_mismatched_or_corrupt_params_raise_value_error(tmp_path, saved):
         if f.is_file() and f.name not in ("commit_success.txt",):
             f.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot read the parameters") as err:
-        ck.load_model(tmp_path / "ck2")
+        checkpoint.load_orbax_model(tmp_path / "ck2")
     assert str(tmp_path / "ck2") in str(err.value)
 
 
 def test_save_refuses_a_name_that_does_not_rebuild_the_model(tmp_path):
     model = create_model("adaedsr_tiny", scale=2, rngs=nnx.Rngs(0), num_blocks=2)
     with pytest.raises(ValueError, match="but the model has"):
-        ck.save_inference_checkpoint(tmp_path, model, model_name="adaedsr_tiny")
+        checkpoint.save_inference_checkpoint(tmp_path, model, model_name="adaedsr_tiny")

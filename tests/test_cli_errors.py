@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from adadsr_jax.checkpoint import save_inference_checkpoint
 from adadsr_jax.cli import EXIT_USER_ERROR, UserError, error_line, run_cli
 from adadsr_jax.data.images import save_png
 from adadsr_jax.models import create_model
-from adadsr_jax.training.checkpoints import save_inference_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")

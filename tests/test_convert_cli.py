@@ -93,9 +93,9 @@ def evaluated(converted, photo_root, tmp_path_factory):
 
 
 def _params(out: Path) -> list[np.ndarray]:
-    from adadsr_jax.training.checkpoints import load_model
+    from adadsr_jax.checkpoint import load_model
 
-    model, _ = load_model(out)
+    model = load_model(out)
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 

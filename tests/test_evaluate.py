@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from adadsr_jax import metrics
+from adadsr_jax.checkpoint import save_inference_checkpoint
 from adadsr_jax.data.bicubic import downscale
 from adadsr_jax.data.images import load_image, save_png
 from adadsr_jax.evaluation.cli import main
@@ -23,7 +24,6 @@ from adadsr_jax.evaluation.inference import (
 )
 from adadsr_jax.evaluation.runner import MEAN_FIELDS, evaluate_set
 from adadsr_jax.models import create_model
-from adadsr_jax.training.checkpoints import save_inference_checkpoint
 
 S = 2
 HR_SHAPE = (24, 28, 3)  # every test image has this size: one compiled forward serves the whole run

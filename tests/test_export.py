@@ -15,10 +15,9 @@ import skimage.data
 from flax import nnx
 from PIL import Image
 
-from adadsr_jax.checkpoint import save_model
+from adadsr_jax.checkpoint import save_inference_checkpoint, save_model
 from adadsr_jax.export import ExportError, export_onnx, export_stablehlo, main
 from adadsr_jax.models import create_model
-from adadsr_jax.training.checkpoints import save_inference_checkpoint
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Real photo crops (two sizes, odd ones included) and per-image desired depths.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from adadsr_jax.training.checkpoints import save_inference_checkpoint
+from adadsr_jax.checkpoint import save_inference_checkpoint
 from adadsr_jax.models import create_model
 from adadsr_jax.training.loop import init_backbone_from
 

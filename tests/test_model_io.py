@@ -19,10 +19,10 @@ from adadsr_jax.checkpoint import (
     abstract_model,
     load_model,
     model_tensors,
+    save_inference_checkpoint,
     save_model,
 )
 from adadsr_jax.models import ModelConfig, create_model
-from adadsr_jax.training.checkpoints import save_inference_checkpoint
 
 
 @pytest.fixture(scope="module", params=[("adaedsr_tiny", 2), ("adarcan_tiny", 4)], ids=lambda p: p[0])

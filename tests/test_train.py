@@ -14,7 +14,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+from adadsr_jax import checkpoint
 from adadsr_jax.training import checkpoints as ck
 from adadsr_jax.training.config import resolve_config
 from adadsr_jax.training.logs import read_metrics
@@ -77,9 +79,9 @@ def test_a_run_writes_config_metrics_tensorboard_and_checkpoints(reference, caps
     best = max(valid, key=lambda r: r["val_psnr"])["step"]
     assert manager.best_step() == best
     assert set(manager.all_steps()) == {8, 12, best}
-    model, config = ck.load_model(workdir, which="latest")
+    model, config = checkpoint.load_orbax_model(workdir, which="latest")
     assert_params_equal(
-        jax.tree.map(np.asarray, ck.nnx.to_pure_dict(ck.nnx.state(model, ck.nnx.Param))), result.params
+        jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param))), result.params
     )
     assert config["model"]["name"] == "adaedsr_tiny"
 
@@ -152,8 +154,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         train(c, tmp_path)
     assert str(tmp_path / "checkpoints") in str(err.value)
     assert ck.make_manager(tmp_path, read_only=True).all_steps() == [4]
-    model, _ = ck.load_model(tmp_path, which="latest")
-    leaves = jax.tree.leaves(ck.nnx.to_pure_dict(ck.nnx.state(model, ck.nnx.Param)))
+    model, _ = checkpoint.load_orbax_model(tmp_path, which="latest")
+    leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
 
 
@@ -205,8 +207,8 @@ def test_two_processes_match_one_process_on_the_same_global_batch(reference, tmp
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
     assert "on 4 device(s) (2 process(es))" in outputs[0]
-    model, _ = ck.load_model(tmp_path, which="latest")
-    params = jax.tree.map(np.asarray, ck.nnx.to_pure_dict(ck.nnx.state(model, ck.nnx.Param)))
+    model, _ = checkpoint.load_orbax_model(tmp_path, which="latest")
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     for (path, a), (_, b) in zip(
         jax.tree.leaves_with_path(params), jax.tree.leaves_with_path(reference[0].params), strict=True
     ):

@@ -80,16 +80,15 @@ def _load(args) -> tuple[object, dict, str]:
             "which": "random-init",
         }
         return model, info, f"{args.model} (random)"
-    from adadsr_jax.training.checkpoints import load_model
+    from adadsr_jax.checkpoint import load_model, model_source
 
     path = args.workdir or args.checkpoint
-    model, config = load_model(path, which=args.which)
-    mcfg = dict(config.get("model", {}))
-    name = str(mcfg.get("name", "model"))
+    model = load_model(path, which=args.which)
+    name, overrides = model_source(path)
     info = {
         "name": name,
         "scale": int(model.scale),
-        "overrides": mcfg.get("overrides", {}),
+        "overrides": overrides,
         "path": str(Path(path).absolute()),
         "which": args.which,
     }
@@ -205,8 +204,4 @@ def run(args) -> list[RunResult]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0, or 2 with one `error: <path>: <problem>` line (adadsr_jax.cli's convention)."""
     args = build_parser().parse_args(argv)
-
-    def body() -> None:
-        run(args)
-
-    return run_cli(body)
+    return run_cli(lambda: run(args))

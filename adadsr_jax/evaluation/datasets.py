@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +165,100 @@ def _strip_suffix(stem: str, suffix: str) -> str:
     return stem[: -len(suffix)] if stem.endswith(suffix) else stem
 
 
+@dataclasses.dataclass
+class _Search:
+    """One find_dataset call: the set's accepted folder names under `root` at `scale`, the paths tried
+    (for the error message), and HR folders found without their LR (the HR-only fallback)."""
+
+    name: str  # as the user gave it
+    canon: str
+    names: tuple[str, ...]
+    root: Path
+    scale: int
+    searched: list[str] = dataclasses.field(default_factory=list)
+    hr_only: list[tuple[Path, Callable[[str], str]]] = dataclasses.field(default_factory=list)
+
+    def result(self, layout: str, items: list[ImageItem], folder: Path) -> BenchmarkSet:
+        if not items:
+            raise ValueError(f"dataset {self.name!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        source = "generated" if items[0].lr_path is None else "files"
+        return BenchmarkSet(self.canon, self.scale, layout, source, str(self.root), items)
+
+    def edsr_like(self, layout: str, parent: Path | None, hr_name: str, lr_name: str) -> BenchmarkSet | None:
+        """<parent>/<hr_name>/x.png + <parent>/<lr_name>/X{s}/x{s}x.png (EDSR sets and DIV2K alike)."""
+        s = self.scale
+        self.searched.append(f"{parent}/{hr_name} + {lr_name}/X{s}")
+        hr_dir = _child(parent, [hr_name]) if parent else None
+        if not hr_dir:
+            return None
+        lr_dir = _child(parent, [lr_name])
+        lr_dir = _child(lr_dir, [f"X{s}"]) if lr_dir else None
+        if lr_dir:
+            return self.result(layout, _paired(hr_dir, lr_dir, lambda t: f"{t}x{s}", lambda t: t), hr_dir)
+        self.hr_only.append((hr_dir, lambda t: t))
+        return None
+
+    def edsr(self) -> BenchmarkSet | None:
+        """1. The EDSR layout (also under <root>/benchmark), and DIV2K's flat folders."""
+        for base in (self.root, self.root / "benchmark"):
+            found = self.edsr_like(
+                "edsr", _child(base, self.names) or base / self.names[0], "HR", "LR_bicubic"
+            )
+            if found:
+                return found
+        if self.canon == "DIV2K":
+            for base in (self.root, self.root / "DIV2K"):
+                found = self.edsr_like("div2k", base, "DIV2K_valid_HR", "DIV2K_valid_LR_bicubic")
+                if found:
+                    return found
+        return None
+
+    def rcan(self) -> BenchmarkSet | None:
+        """2. The RCAN / AdaDSR layout."""
+        s, names = self.scale, self.names
+        hr_set = _child(self.root / "HR", names)
+        hr_dir = _child(hr_set, [f"x{s}"]) if hr_set else None
+        self.searched.append(f"{self.root}/HR/{names[0]}/x{s} + LR/LRBI/{names[0]}/x{s}")
+        if not hr_dir:
+            return None
+        lr_set = _child(self.root / "LR" / "LRBI", names)
+        lr_dir = _child(lr_set, [f"x{s}"]) if lr_set else None
+
+        def strip(t: str) -> str:
+            return _strip_suffix(t, f"_HR_x{s}")
+
+        if lr_dir:
+            return self.result(
+                "rcan", _paired(hr_dir, lr_dir, lambda t: f"{strip(t)}_LRBI_x{s}", strip), hr_dir
+            )
+        self.hr_only.append((hr_dir, strip))
+        return None
+
+    def basicsr(self) -> BenchmarkSet | None:
+        """3. The BasicSR layout."""
+        set_dir = _child(self.root, self.names)
+        gt_dir = _child(set_dir, ["GTmod12", "GT", "HR"]) if set_dir else None
+        self.searched.append(f"{self.root}/{self.names[0]}/GTmod12 + LRbicx{self.scale}")
+        if not gt_dir:
+            return None
+        lr_dir = _child(set_dir, [f"LRbicx{self.scale}"])
+        if lr_dir:
+            return self.result("basicsr", _paired(gt_dir, lr_dir, lambda t: t, lambda t: t), gt_dir)
+        self.hr_only.append((gt_dir, lambda t: t))
+        return None
+
+    def hr_only_set(self) -> BenchmarkSet | None:
+        """4. HR only: the first HR folder found above, else images directly in <root>/NAME."""
+        if self.hr_only:
+            folder, strip = self.hr_only[0]
+            return self.result("hr_only", _hr_only(folder, strip), folder)
+        self.searched.append(f"{self.root}/{self.names[0]}/*.png (HR only)")
+        set_dir = _child(self.root, self.names)
+        if set_dir and list_images(set_dir):
+            return self.result("hr_only", _hr_only(set_dir), set_dir)
+        return None
+
+
 def find_dataset(name: str, data_root: str | os.PathLike | None, *, scale: int) -> BenchmarkSet:
     """Discover set `name` at `scale` under `data_root` (see the module docstring for the layouts).
 
@@ -183,75 +277,13 @@ def find_dataset(name: str, data_root: str | os.PathLike | None, *, scale: int) 
     root = Path(data_root)
     if not root.is_dir():
         raise DatasetNotFoundError(f"dataset {name!r}: data root {root} does not exist or is not a folder")
-    names = ALIASES.get(canon, (name,))
-    s = scale
-    searched: list[str] = []
-
-    def result(layout: str, items: list[ImageItem], folder: Path) -> BenchmarkSet:
-        if not items:
-            raise ValueError(f"dataset {name!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-        source = "generated" if items[0].lr_path is None else "files"
-        return BenchmarkSet(canon, s, layout, source, str(root), items)
-
-    hr_only_candidates: list[tuple[str, Path, object]] = []
-
-    def edsr_like(layout: str, parent: Path | None, hr_name: str, lr_name: str) -> BenchmarkSet | None:
-        """<parent>/<hr_name>/x.png + <parent>/<lr_name>/X{s}/x{s}x.png (EDSR sets and DIV2K alike)."""
-        searched.append(f"{parent}/{hr_name} + {lr_name}/X{s}")
-        hr_dir = _child(parent, [hr_name]) if parent else None
-        if not hr_dir:
-            return None
-        lr_dir = _child(parent, [lr_name])
-        lr_dir = _child(lr_dir, [f"X{s}"]) if lr_dir else None
-        if lr_dir:
-            return result(layout, _paired(hr_dir, lr_dir, lambda t: f"{t}x{s}", lambda t: t), hr_dir)
-        hr_only_candidates.append(("hr_only", hr_dir, lambda t: t))
-        return None
-
-    # 1. EDSR layout (also under <root>/benchmark), and DIV2K's flat folders.
-    for base in (root, root / "benchmark"):
-        found = edsr_like("edsr", _child(base, names) or base / names[0], "HR", "LR_bicubic")
+    search = _Search(name, canon, ALIASES.get(canon, (name,)), root, scale)
+    for layout in (search.edsr, search.rcan, search.basicsr, search.hr_only_set):
+        found = layout()
         if found:
             return found
-    if canon == "DIV2K":
-        for base in (root, root / "DIV2K"):
-            found = edsr_like("div2k", base, "DIV2K_valid_HR", "DIV2K_valid_LR_bicubic")
-            if found:
-                return found
-
-    # 2. RCAN / AdaDSR layout.
-    hr_set = _child(root / "HR", names)
-    hr_dir = _child(hr_set, [f"x{s}"]) if hr_set else None
-    searched.append(f"{root}/HR/{names[0]}/x{s} + LR/LRBI/{names[0]}/x{s}")
-    if hr_dir:
-        lr_set = _child(root / "LR" / "LRBI", names)
-        lr_dir = _child(lr_set, [f"x{s}"]) if lr_set else None
-        strip = lambda t: _strip_suffix(t, f"_HR_x{s}")
-        if lr_dir:
-            items = _paired(hr_dir, lr_dir, lambda t: f"{strip(t)}_LRBI_x{s}", strip)
-            return result("rcan", items, hr_dir)
-        hr_only_candidates.append(("hr_only", hr_dir, strip))
-
-    # 3. BasicSR layout.
-    set_dir = _child(root, names)
-    gt_dir = _child(set_dir, ["GTmod12", "GT", "HR"]) if set_dir else None
-    searched.append(f"{root}/{names[0]}/GTmod12 + LRbicx{s}")
-    if gt_dir:
-        lr_dir = _child(set_dir, [f"LRbicx{s}"])
-        if lr_dir:
-            return result("basicsr", _paired(gt_dir, lr_dir, lambda t: t, lambda t: t), gt_dir)
-        hr_only_candidates.append(("hr_only", gt_dir, lambda t: t))
-
-    # 4. HR only: the first HR folder found above, else images directly in <root>/NAME.
-    if hr_only_candidates:
-        layout, folder, strip = hr_only_candidates[0]
-        return result(layout, _hr_only(folder, strip), folder)
-    searched.append(f"{root}/{names[0]}/*.png (HR only)")
-    if set_dir and list_images(set_dir):
-        return result("hr_only", _hr_only(set_dir), set_dir)
-
     raise DatasetNotFoundError(
-        f"dataset {name!r} (scale x{s}) not found under {root}; searched:\n  "
-        + "\n  ".join(searched)
-        + f"\nfolder names accepted for it: {', '.join(names)} (case-insensitive); or use 'demo'"
+        f"dataset {name!r} (scale x{scale}) not found under {root}; searched:\n  "
+        + "\n  ".join(search.searched)
+        + f"\nfolder names accepted for it: {', '.join(search.names)} (case-insensitive); or use 'demo'"
     )

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adadsr_jax.masks import block_mask
+from adadsr_jax.models.config import ModelConfig
 from adadsr_jax.models.layers import StackedConv, conv2d, resolve_scan_unroll
 from adadsr_jax.models.sparse_stacks import run_sparse_stack, sparse_edsr_stack
 
@@ -18,20 +19,14 @@ class EDSRBody(nnx.Module):
     block axis: layer0.kernel [D, 3, 3, C, C], layer0.bias [D, C], and the same for layer2.
     """
 
-    def __init__(
-        self,
-        num_blocks: int,
-        features: int,
-        *,
-        res_scale: float,
-        scan_unroll: bool | None = None,
-        rngs: nnx.Rngs,
-    ):
-        self.num_blocks = num_blocks
-        self.res_scale = res_scale
+    def __init__(self, config: ModelConfig, *, scan_unroll: bool | None = None, rngs: nnx.Rngs):
+        """config: num_blocks (D), num_features (C) and res_scale are read; scan_unroll as AdaDSR's."""
+        self.num_blocks = config.num_blocks
+        self.res_scale = config.res_scale
         self.scan_unroll = scan_unroll
-        self.layer0 = StackedConv((num_blocks,), features, features, rngs=rngs)
-        self.layer2 = StackedConv((num_blocks,), features, features, rngs=rngs)
+        c = config.num_features
+        self.layer0 = StackedConv((self.num_blocks,), c, c, rngs=rngs)
+        self.layer2 = StackedConv((self.num_blocks,), c, c, rngs=rngs)
 
     def __call__(
         self,

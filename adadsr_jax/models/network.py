@@ -30,20 +30,8 @@ class AdaDSR(nnx.Module):
         self.scale = scale
         c = config.num_features
         self.head = Conv(3, c, rngs=rngs)
-        if config.backbone == "edsr":
-            self.body = EDSRBody(
-                config.num_blocks, c, res_scale=config.res_scale, scan_unroll=scan_unroll, rngs=rngs
-            )
-        else:
-            self.body = RCANBody(
-                config.num_groups,
-                config.num_blocks,
-                c,
-                reduction=config.reduction,
-                res_scale=config.res_scale,
-                scan_unroll=scan_unroll,
-                rngs=rngs,
-            )
+        body = EDSRBody if config.backbone == "edsr" else RCANBody
+        self.body = body(config, scan_unroll=scan_unroll, rngs=rngs)
         self.body_lastconv = Conv(c, c, rngs=rngs)
         self.up = Upsampler(c, scale, rngs=rngs)
         self.tail = Conv(c, 3, rngs=rngs)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adadsr_jax.masks import block_mask
+from adadsr_jax.models.config import ModelConfig
 from adadsr_jax.models.layers import StackedConv, StackedDense, conv2d, resolve_scan_unroll
 from adadsr_jax.models.sparse_stacks import run_sparse_stack, sparse_rcan_group
 
@@ -32,21 +33,14 @@ class RCANBody(nnx.Module):
     `group{g}.block{B}`.
     """
 
-    def __init__(
-        self,
-        num_groups: int,
-        num_blocks: int,
-        features: int,
-        *,
-        reduction: int,
-        res_scale: float,
-        scan_unroll: bool | None = None,
-        rngs: nnx.Rngs,
-    ):
-        self.num_groups = num_groups
-        self.num_blocks = num_blocks
+    def __init__(self, config: ModelConfig, *, scan_unroll: bool | None = None, rngs: nnx.Rngs):
+        """config: num_groups (G), num_blocks (B), num_features (C), reduction (r) and res_scale are read;
+        scan_unroll as AdaDSR's."""
+        self.num_groups = num_groups = config.num_groups
+        self.num_blocks = num_blocks = config.num_blocks
         self.scan_unroll = scan_unroll
-        self.res_scale = res_scale
+        self.res_scale = config.res_scale
+        features, reduction = config.num_features, config.reduction
         stack = (num_groups, num_blocks)
         self.layer0 = StackedConv(stack, features, features, rngs=rngs)
         self.layer2 = StackedConv(stack, features, features, rngs=rngs)

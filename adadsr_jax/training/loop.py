@@ -94,10 +94,10 @@ class _StopRequest:
 def init_backbone_from(params: dict, path: str | Path) -> tuple[dict, int, dict]:
     """Replace every non-adapter parameter of `params` by the one in checkpoint `path` (a training workdir
     or an inference checkpoint); the adapter keeps its fresh initialisation. Shapes must match."""
-    source_config = checkpoints.read_config(path)
-    source_state = nnx.state(checkpoints.abstract_model(source_config), nnx.Param)
-    abstract = checkpoints.abstract_tree(nnx.to_pure_dict(source_state))
-    source_params, source_step = checkpoints.load_params(path, abstract)
+    source_config = checkpoint.read_config(path)
+    source_state = nnx.state(checkpoint.abstract_model(*checkpoint.config_model(source_config)), nnx.Param)
+    abstract = checkpoint.abstract_tree(nnx.to_pure_dict(source_state))
+    source_params, source_step = checkpoint.load_params(path, abstract)
     return checkpoint.with_backbone(params, source_params, f"init_from {path}"), source_step, source_config
 
 
@@ -148,8 +148,8 @@ def compiled_functions(
 
 def check_config_matches(workdir: Path, cfg: RunConfig) -> None:
     """A workdir that holds checkpoints of a run resumes only that run: same model, same batches."""
-    path = workdir / checkpoints.CONFIG_FILE
-    if not path.is_file() or not (workdir / checkpoints.CHECKPOINT_SUBDIR).is_dir():
+    path = workdir / checkpoint.CONFIG_FILE
+    if not path.is_file() or not (workdir / checkpoint.CHECKPOINT_SUBDIR).is_dir():
         return
     old = json.loads(path.read_text())
     new = cfg.to_dict()
@@ -215,8 +215,8 @@ class Run:
                 )
             params = parallel.replicate(fresh, self.replicated)
             return TrainState(params, self.functions.init_opt_state(params), step=0)
-        abstract_params = checkpoints.abstract_tree(fresh, self.replicated)
-        abstract_opt = checkpoints.abstract_tree(
+        abstract_params = checkpoint.abstract_tree(fresh, self.replicated)
+        abstract_opt = checkpoint.abstract_tree(
             jax.eval_shape(self.functions.optimizer.init, abstract_params), self.replicated
         )
         restored = checkpoints.restore_checkpoint(
@@ -303,7 +303,7 @@ class Run:
             "data": self.batches.get_state(),
         }
         metrics = None if validation is None else {BEST_METRIC: validation[BEST_METRIC]}
-        with checkpoints.quiet_orbax():
+        with checkpoint.quiet_orbax():
             checkpoints.save_checkpoint(
                 self.manager,
                 state.step,
@@ -474,7 +474,7 @@ def train(
     parallel.check_batch_size(cfg.data.batch_size, mesh)
     check_config_matches(workdir, cfg)
     if jax.process_index() == 0:
-        checkpoints.write_config(workdir, cfg.to_dict())
+        checkpoint.write_config(workdir, cfg.to_dict())
     run = Run(cfg, workdir, mesh)
     try:
         return run.run()

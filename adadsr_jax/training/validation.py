@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from adadsr_jax.checkpoint import BEST_METRIC
 from adadsr_jax.data import ImagePair, make_source
 from adadsr_jax.evaluation.inference import Predictor
 from adadsr_jax.evaluation.runner import evaluate_set
-from adadsr_jax.training.checkpoints import BEST_METRIC
 from adadsr_jax.training.config import DataConfig
 
 
