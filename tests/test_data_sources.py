@@ -147,7 +147,8 @@ def test_demo_source() -> None:
 def test_make_source(tmp_path: Path) -> None:
     make_div2k(tmp_path, scale=2)
     assert len(make_source("folder", root=tmp_path, scale=2)) == 3
-    assert len(make_source("div2k", root=tmp_path, scale=2)) == 3
+    with pytest.raises(ValueError, match="unknown data source kind 'div2k'"):
+        make_source("div2k", root=tmp_path, scale=2)
     assert make_source("demo", scale=2, split="valid")[0].name == "chelsea"
     with pytest.raises(ValueError, match="unknown data source kind 'nope'"):
         make_source("nope")

@@ -391,21 +391,20 @@ def demo_source(*, scale: int, split: str = "train") -> PairSource:
 
 # ----------------------------------------------------------------------------------------------- factory
 
-_KINDS: dict[str, Callable[..., PairSource]] = {
+SOURCES: dict[str, Callable[..., PairSource]] = {
     "demo": demo_source,
     "folder": folder_source,
-    "div2k": folder_source,
     "tfds": tfds_source,
 }
 
 
 def make_source(kind: str, **kwargs: Any) -> PairSource:
-    """Build a source by kind: "demo", "folder" (alias "div2k"), or "tfds"; kwargs go to the builder.
+    """Build a source by kind: "demo", "folder" or "tfds" (the keys of SOURCES); kwargs go to the builder.
 
     Example: ``make_source("folder", root="/data/DIV2K", scale=2, split="train")``.
     """
     try:
-        builder = _KINDS[kind]
+        builder = SOURCES[kind]
     except KeyError:
-        raise ValueError(f"unknown data source kind {kind!r}; expected one of {sorted(_KINDS)}") from None
+        raise ValueError(f"unknown data source kind {kind!r}; expected one of {sorted(SOURCES)}") from None
     return builder(**kwargs)

@@ -32,6 +32,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from adadsr_jax.cli import UserError, require_dir, require_file
+from adadsr_jax.data.sources import SOURCES
 from adadsr_jax.evaluation.runner import default_depths
 from adadsr_jax.models import ModelConfig, get_model_config
 
@@ -190,9 +191,6 @@ class RunConfig:
         return json.loads(json.dumps(out))  # tuples become lists, as in the saved file
 
 
-_KINDS = ("demo", "folder", "tfds")
-
-
 def _section(cls: type, values: dict[str, Any], name: str) -> Any:
     """`cls(**values)` with every field converted to its annotated type (int, float, bool, str, tuple)."""
     kwargs = {}
@@ -248,8 +246,8 @@ def resolve_config(config: ml_collections.ConfigDict | Mapping[str, Any] | RunCo
         if getattr(train_config, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {train[key]}")
     data = _section(DataConfig, cfg["data"], "data")
-    if data.kind not in _KINDS:
-        raise ValueError(f"data.kind must be one of {_KINDS}, got {data.kind!r}")
+    if data.kind not in SOURCES:
+        raise ValueError(f"data.kind must be one of {tuple(SOURCES)}, got {data.kind!r}")
     if data.batch_size < 1 or data.patch_size < 1:
         raise ValueError(f"data.batch_size and data.patch_size must be >= 1, got {data}")
     return RunConfig(

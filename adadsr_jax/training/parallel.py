@@ -17,8 +17,6 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-PyTree = Any
-
 
 def initialize_distributed(
     coordinator: str | None = None,
@@ -71,7 +69,7 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> None:
         )
 
 
-def replicate(tree: PyTree, sharding: NamedSharding) -> PyTree:
+def replicate(tree: Any, sharding: NamedSharding) -> Any:
     """Host arrays (identical on every host) -> global arrays with `sharding` (replicated)."""
 
     def put(x):
@@ -86,12 +84,12 @@ def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> di
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
-def local_copy(tree: PyTree) -> PyTree:
+def local_copy(tree: Any) -> Any:
     """One addressable copy of replicated global arrays, on this host's first device (for host-local
     evaluation and for saving)."""
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
-def host_tree(tree: PyTree) -> PyTree:
+def host_tree(tree: Any) -> Any:
     """Replicated global arrays -> numpy copies on this host."""
     return jax.tree.map(np.asarray, local_copy(tree))

@@ -16,8 +16,6 @@ from flax import nnx
 
 from adadsr_jax.losses import adadsr_loss
 
-PyTree = Any
-
 
 def draw_desired_depth(base_key: jax.Array, step: jax.Array, batch: int, depth_range) -> jax.Array:
     """Per-sample desired depth d ~ U(lo, hi), [batch] float32, a pure function of (key, step).
@@ -40,7 +38,7 @@ def make_train_step(
     replicated: jax.sharding.Sharding | None = None,
     donate: bool = True,
     backbone_only: bool = False,
-) -> Callable[..., tuple[PyTree, PyTree, dict[str, jax.Array]]]:
+) -> Callable[..., tuple[Any, Any, dict[str, jax.Array]]]:
     """A jitted `train_step(params, opt_state, lr, hr, step, base_key) -> (params, opt_state, metrics)`.
 
     lr: uint8 [B, p, p, 3], hr: uint8 [B, s*p, s*p, 3] (0..255), sharded over the batch for data
@@ -80,7 +78,7 @@ def make_train_step(
 
 
 @jax.jit
-def all_finite(tree: PyTree) -> jax.Array:
+def all_finite(tree: Any) -> jax.Array:
     """True when every floating leaf of `tree` is finite (no NaN/Inf)."""
     leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
