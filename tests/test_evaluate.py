@@ -73,7 +73,7 @@ def e2e(bench_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     argv = ["--checkpoint", str(ckpt), "--data-root", str(root), "--datasets", "Set5,Set14,B100,Urban100"]
     argv += ["--depths", "1,3", "--repeats", "2", "--output", str(out), "--save-images", "--save-depth-maps"]
-    argv += ["--no-progress", "--budget", "90%"]
+    argv += ["--no-progress", "--budget", "90%", "--sparse"]
     return main(argv), out, hrs
 
 
@@ -87,7 +87,7 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
     doc = json.loads((out / "results.json").read_text())
     assert doc["schema"] == "adadsr-eval/1" and "Y channel" in doc["protocol"]
     assert doc["model"]["name"] == "adaedsr_tiny" and doc["model"]["max_depth"] == 3
-    assert doc["settings"]["mode"] == "dense" and doc["settings"]["depths"] == [1.0, 3.0]
+    assert doc["settings"]["mode"] == "sparse" and doc["settings"]["depths"] == [1.0, 3.0]
     assert doc["settings"]["budgets"] == ["90%"]
     layouts = {d["name"]: (d["layout"], d["lr_source"]) for d in doc["datasets"]}
     assert layouts == {
@@ -113,6 +113,13 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
         assert run["mean"]["psnr_y"] == pytest.approx(np.mean(psnrs), abs=1e-12)
         if run["method"] == "model":
             assert run["mean"]["latency_ms"] > 0 and 0 <= run["mean"]["mean_depth"] <= 3
+            # --sparse: the dense forward of the same model is timed in the same run, per image.
+            assert run["mean"]["dense_latency_ms"] > 0
+            for im in run["images"]:
+                assert im["speedup"] == pytest.approx(im["dense_latency_ms"] / im["latency_ms"], rel=1e-12)
+            assert run["mean"]["speedup"] == pytest.approx(
+                np.mean([im["speedup"] for im in run["images"]]), rel=1e-12
+            )
             assert 0 < run["mean"]["gmacs"] <= run["mean"]["dense_gmacs"]
             assert run["mean"]["release_gmacs"] == pytest.approx(
                 np.mean([im["release_gmacs"] for im in run["images"]]), rel=1e-12
@@ -123,9 +130,12 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
                 if run["budget"] is not None:
                     assert im["budget_met"] and im["macs"] <= im["budget_target_macs"]
                     assert im["budget_target_macs"] == pytest.approx(0.9 * im["dense_macs"])
+        else:
+            assert run["mean"]["dense_latency_ms"] is None and run["mean"]["speedup"] is None
     assert "executed GMACs" in doc["settings"]["macs_unit"] and "release" in doc["settings"]["macs_unit"]
     md = (out / "results.md").read_text()
     assert "Set5 executed GMACs | Set5 release GMACs |" in md and "as the AdaDSR release counts" not in md
+    assert "| Set5 ms | Set5 dense ms | Set5 speed-up | Set5 depth |" in md
     assert md.count("_Protocol: Y channel") == 1 and "| adaedsr_tiny (d=3) | x2 |" in md
     assert "| Bicubic | x2 |" in md and "Urban100 (generated LR, 1 images)" in md
     with (out / "results.csv").open() as f:
@@ -137,6 +147,16 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
         "Urban100": "generated",
     }
     assert all(float(r["release_gmacs"]) > 0 for r in rows if r["method"] == "model")
+    means = {(run["dataset"], run["label"]): run["mean"] for run in doc["runs"]}
+    for r in rows:
+        if r["method"] != "model":
+            assert r["dense_latency_ms"] == r["speedup"] == ""
+        elif r["name"] == "MEAN":  # the set means, as in results.json
+            m = means[(r["dataset"], r["label"])]
+            assert float(r["dense_latency_ms"]) == m["dense_latency_ms"]
+            assert float(r["speedup"]) == m["speedup"]
+        else:
+            assert float(r["speedup"]) == float(r["dense_latency_ms"]) / float(r["latency_ms"])
     assert len(rows) == 16 + 4 * (2 + 1 + 1 + 1)  # a MEAN row per run plus one row per image
 
 
@@ -292,6 +312,9 @@ def test_budget_mode_meets_its_target(counting_predictor):
         found = budget_depth(p, lr, parse_budget(budget))
         macs, dense = p.macs_at(lr, found.desired_depth)
         assert found.met and macs == found.macs <= found.target_macs
+        # The search counted on head + adapter alone; the full forward at that depth counts the same.
+        pred = p.predict(lr, found.desired_depth)
+        assert (pred.macs, pred.dense_macs) == (found.macs, found.dense_macs)
         assert found.target_macs == pytest.approx(parse_budget(budget)[1] * dense)
         # Maximal: a slightly deeper setting would exceed the target.
         if found.desired_depth < p.max_depth:
@@ -369,3 +392,57 @@ def test_outputs_are_copied_whole_then_sliced_and_timing_reuses_device_inputs(ti
         # The timed loop reruns the forwards on inputs put on the device once, before timing.
         assert len(seen) == 3 * windows and len({id(x) for x in seen}) == windows
         assert all(isinstance(x, jax.Array) for x in seen)
+
+
+def test_sparse_timing_alternates_with_the_dense_forward_and_changes_no_output(tiny_model):
+    lr = np.random.default_rng(9).integers(0, 256, size=(10, 12, 3)).astype(np.uint8)
+    for tile in (None, 6):
+        p = Predictor(tiny_model, sparse=True, tile=tile, overlap=2)
+        untimed = p.predict(lr, 1.5)
+        assert untimed.latency_ms is None and untimed.dense_latency_ms is None and untimed.speedup is None
+        calls: list[tuple[str, int]] = []
+
+        def recording(fn, tag, calls=calls):
+            def wrapped(state, x, d):
+                calls.append((tag, id(x)))
+                return fn(state, x, d)
+
+            return wrapped
+
+        p._forward = recording(p._forward, "sparse")
+        p._dense_forward = recording(p._dense_forward, "dense")
+        timed = p.predict(lr, 1.5, repeats=3)
+        # Timing reports only times: the SR, depth map and MACs are the untimed sparse prediction's.
+        np.testing.assert_array_equal(timed.sr, untimed.sr)
+        np.testing.assert_array_equal(timed.depth_map, untimed.depth_map)
+        assert (timed.macs, timed.mean_depth) == (untimed.macs, untimed.mean_depth)
+        assert timed.latency_ms > 0 and timed.dense_latency_ms > 0
+        assert timed.speedup == timed.dense_latency_ms / timed.latency_ms
+        windows = len(p._inputs(lr.astype(np.float32))[0])
+        # One sparse run (the prediction), one dense warm-up (compile), then alternating timed pairs.
+        runs = [calls[i][0] for i in range(0, len(calls), windows)]
+        assert runs == ["sparse", "dense", "sparse", "dense", "dense", "sparse", "sparse", "dense"]
+        # Both timed forwards run on the same device inputs, put there once before the loop.
+        timed_ids = {i for _, i in calls[2 * windows :]}
+        assert len(timed_ids) == windows
+
+
+def test_dense_predictor_reports_no_dense_latency(tiny_model):
+    lr = np.random.default_rng(10).integers(0, 256, size=(8, 9, 3)).astype(np.uint8)
+    pred = Predictor(tiny_model).predict(lr, 2.0, repeats=2)
+    assert pred.latency_ms > 0 and pred.dense_latency_ms is None and pred.speedup is None
+    runs = evaluate_set(
+        Predictor(tiny_model),
+        [type("P", (), {"name": "x", "lr": lr, "hr": np.zeros((16, 18, 3), np.uint8)})()],
+        dataset="T",
+        model_label="m",
+        depths=[2.0],
+        bicubic=False,
+        repeats=2,
+        progress=False,
+    )
+    line = runs[0].summary_line()
+    assert "dense n/a, speed-up n/a (1 images)" in line and runs[0].mean()["dense_latency_ms"] is None
+    rec = runs[0].images[0]
+    rec.dense_latency_ms, rec.speedup = 30.0, 1.5
+    assert "dense 30.0 ms, speed-up 1.50x (1 images)" in runs[0].summary_line()

@@ -11,7 +11,13 @@
     covers the model's receptive field the result equals whole-image inference. RCAN's channel attention
     pools over the whole input, so for RCAN models tiling is an approximation (as in the release's chop);
   * optional x8 self-ensemble (flips and transpose of the LR input, outputs mapped back and averaged);
-  * latency: a warm-up run (compilation) is excluded, then the median of `repeats` timed runs.
+  * latency: a warm-up run (compilation) is excluded, then the median of `repeats` timed runs. A sparse
+    predictor also times the dense forward of the same model on the same inputs, alternating with the
+    sparse runs so that machine load falls on both alike: `dense_latency_ms` and `speedup` (dense /
+    sparse). The dense runs are timed only: the reported SR, depth map and MACs are the sparse run's;
+  * cheap MACs: `macs_at` and the budget search run the head conv and adapter alone (the MACs depend
+    only on the depth map), never the body. For output-scaling adapters (depth map = d * relu(P(z0)))
+    one adapter pass gives the map at every d, so a search needs a single adapter pass per window.
 MACs: executed and dense multiply-accumulates of each forward's depth map (`macs_counter`, by default
 adadsr_jax.macs.model_macs, traced in the same jit as the forward) are summed over every forward that
 ran (tiles with their overlap, ensemble members). `release_gmacs` is the AdaDSR
@@ -45,7 +51,9 @@ class Prediction:
     mean_depth: mean over pixels and maps of ceil(clip(depth_map, 0, D)) (the release's statistic);
     macs / dense_macs: executed and dense multiply-accumulates over all forwards run;
     release_gmacs: the release's figure (units of 2^30) for the whole image's depth map(s);
-    latency_ms: median forward time (None unless timed).
+    latency_ms: median forward time (None unless timed);
+    dense_latency_ms: median time of the dense forward of the same model on the same inputs, timed in
+    the same loop (None unless a sparse predictor was timed); speedup: dense / sparse latency.
     """
 
     sr: np.ndarray
@@ -56,6 +64,14 @@ class Prediction:
     release_gmacs: float
     latency_ms: float | None = None
     desired_depth: float | None = None
+    dense_latency_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """dense_latency_ms / latency_ms: what the sparse path bought (None when not measured)."""
+        if self.dense_latency_ms is None or not self.latency_ms:
+            return None
+        return self.dense_latency_ms / self.latency_ms
 
 
 def tile_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -127,24 +143,43 @@ class Predictor:
         # A plain backbone has no depth map to skip by: it always runs dense, whatever was asked.
         self.sparse = bool(sparse and model.config.adaptive)
         self.mode = "sparse" if self.sparse else "dense"
+        # Output-scaling adapters: depth map = d * relu(P(z0)), so the map at d = 1 gives every d.
+        self.scales_output = self.adaptive and model.config.depth_input == "output"
         graphdef, state = nnx.split(model)
         self._state = state
-        extra = {"sparse": True} if self.sparse else {}
+        config, scale = model.config, self.scale
 
-        def forward(state, lr, desired_depth):
-            m = nnx.merge(graphdef, state)
-            sr, aux = m(lr, desired_depth=desired_depth, **extra)
-            depth_map = aux["depth_map"] if m.config.adaptive else None
-            macs, dense_macs = macs_counter(m.config, m.scale, lr.shape, depth_map)
+        def costs(depth_map, lr_shape):
+            macs, dense_macs = macs_counter(config, scale, lr_shape, depth_map if config.adaptive else None)
             return {
-                "sr": sr,
-                "depth_map": aux["depth_map"],
                 "macs": jnp.asarray(macs, jnp.float32),
                 "dense_macs": jnp.asarray(dense_macs, jnp.float32),
             }
 
-        # One compile per input shape: the desired depth is a traced float32 scalar.
-        self._forward = jax.jit(forward)
+        def make_forward(sparse: bool):
+            extra = {"sparse": True} if sparse else {}
+
+            def forward(state, lr, desired_depth):
+                sr, aux = nnx.merge(graphdef, state)(lr, desired_depth=desired_depth, **extra)
+                return {"sr": sr, "depth_map": aux["depth_map"], **costs(aux["depth_map"], lr.shape)}
+
+            # One compile per input shape: the desired depth is a traced float32 scalar.
+            return jax.jit(forward)
+
+        def adapter_only(state, lr, desired_depth):
+            depth_map = nnx.merge(graphdef, state).depth_map_of(lr, desired_depth)
+            return {"depth_map": depth_map, **costs(depth_map, lr.shape)}
+
+        def scaled_costs(unit_map, desired_depth):
+            # The same float32 product the adapter forms (relu(P) * d), so the counts are the forward's.
+            depth_map = unit_map * desired_depth.astype(unit_map.dtype)
+            return costs(depth_map, (*unit_map.shape[:3], 3))
+
+        self._forward = make_forward(self.sparse)
+        # The dense forward of the same model, for the speed-up a sparse predictor reports (timed only).
+        self._dense_forward = make_forward(False) if self.sparse else None
+        self._adapter_forward = jax.jit(adapter_only)
+        self._scaled_costs = jax.jit(scaled_costs)
 
     # ------------------------------------------------------------------ core runs
     def set_params(self, params: dict) -> None:
@@ -253,7 +288,10 @@ class Predictor:
         pred = self._collect(lr, all_runs)
         pred.desired_depth = None if not self.adaptive else float(d)
         if repeats > 0:
-            pred.latency_ms = self.time_forward(lr, d, repeats)
+            if self._dense_forward is not None:
+                pred.latency_ms, pred.dense_latency_ms = self.time_sparse_and_dense(lr, d, repeats)
+            else:
+                pred.latency_ms = self.time_forward(lr, d, repeats)
         return pred
 
     def time_forward(self, lr: np.ndarray, d: jax.Array, repeats: int) -> float:
@@ -264,18 +302,85 @@ class Predictor:
         """
         inputs = self._inputs(lr)
         jax.block_until_ready(inputs)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            all_runs = self._run(inputs, d)
-            jax.block_until_ready([out for runs in all_runs for _, out in runs])
-            times.append((time.perf_counter() - t0) * 1e3)
+        times = [self._time_once(self._run, inputs, d) for _ in range(repeats)]
         return float(statistics.median(times))
 
+    def time_sparse_and_dense(self, lr: np.ndarray, d: jax.Array, repeats: int) -> tuple[float, float]:
+        """(sparse, dense) median wall times (ms) of one image's forwards, over `repeats` runs of each.
+
+        For a sparse predictor whose sparse forward has already run on this shape (predict's warm-up).
+        The dense forward gets one untimed warm-up (its compile for a new shape), then the timed runs
+        alternate sparse-dense, dense-sparse, ... so that a change in machine load during the loop falls
+        on both alike. Inputs are put on the device once, as in time_forward.
+        """
+        if self._dense_forward is None:
+            raise ValueError("time_sparse_and_dense needs a sparse predictor")
+        inputs = self._inputs(lr)
+        jax.block_until_ready(inputs)
+        dense = self._run_dense
+        jax.block_until_ready(self._outputs(dense(inputs, d)))
+        sparse_ms, dense_ms = [], []
+        for i in range(repeats):
+            order = ((self._run, sparse_ms), (dense, dense_ms))
+            for run, times in order if i % 2 == 0 else order[::-1]:
+                times.append(self._time_once(run, inputs, d))
+        return float(statistics.median(sparse_ms)), float(statistics.median(dense_ms))
+
+    def _run_dense(self, inputs: list[list[tuple[tuple | None, jax.Array]]], d: jax.Array):
+        return [[(place, self._dense_forward(self._state, x, d)) for place, x in member] for member in inputs]
+
+    @staticmethod
+    def _outputs(all_runs) -> list:
+        return [out for runs in all_runs for _, out in runs]
+
+    def _time_once(self, run: Callable, inputs, d: jax.Array) -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(self._outputs(run(inputs, d)))
+        return (time.perf_counter() - t0) * 1e3
+
+    # ------------------------------------------------------------------ MACs without the body
+    def adapter_costs(self, lr: np.ndarray) -> AdapterCosts:
+        """The MACs of `lr` at any desired depth, from the head conv and adapter alone (see macs_at)."""
+        return AdapterCosts(self, self._inputs(np.asarray(lr, np.float32)))
+
     def macs_at(self, lr: np.ndarray, desired_depth: float) -> tuple[float, float]:
-        """(executed, dense) MACs of predicting `lr` at `desired_depth`, without assembling outputs."""
-        all_runs = self._dispatch_all(np.asarray(lr, np.float32), self._depth_arg(desired_depth))
-        return self._sum_macs(all_runs, "macs"), self._sum_macs(all_runs, "dense_macs")
+        """(executed, dense) MACs of predicting `lr` at `desired_depth`, summed over the forwards predict
+        runs (windows, ensemble members), from one pass of the head conv and adapter: the body never
+        runs. Equal to predict's macs / dense_macs (the same depth maps; tested)."""
+        return self.adapter_costs(lr).macs_at(desired_depth)
+
+
+class AdapterCosts:
+    """(executed, dense) MACs of one image at any desired depth, counted on head + adapter passes.
+
+    The inputs (transforms, tiles) are put on the device once. Output-scaling adapters run once, at
+    d = 1, on the first query; every later depth only rescales those maps and counts (no adapter pass).
+    Weight-scaling adapters run once per queried depth. `adapter_passes` counts the adapter runs (each
+    over every window and ensemble member of the image).
+    """
+
+    def __init__(self, predictor: Predictor, inputs: list[list[tuple[tuple | None, jax.Array]]]):
+        self._p = predictor
+        self._inputs = [x for member in inputs for _, x in member]
+        self._unit_maps: list[jax.Array] | None = None
+        self.adapter_passes = 0
+
+    def _adapter(self, d: jax.Array) -> list[dict]:
+        self.adapter_passes += 1
+        return [self._p._adapter_forward(self._p._state, x, d) for x in self._inputs]
+
+    def macs_at(self, desired_depth: float) -> tuple[float, float]:
+        d = self._p._depth_arg(desired_depth)
+        if self._p.scales_output:
+            if self._unit_maps is None:
+                self._unit_maps = [out["depth_map"] for out in self._adapter(jnp.float32(1.0))]
+            outs = [self._p._scaled_costs(m, d) for m in self._unit_maps]
+        else:
+            outs = self._adapter(d)
+        return (
+            float(sum(float(np.asarray(o["macs"]).sum()) for o in outs)),
+            float(sum(float(np.asarray(o["dense_macs"]).sum()) for o in outs)),
+        )
 
 
 # ---------------------------------------------------------------------- MACs budget
@@ -284,6 +389,8 @@ class BudgetResult:
     """Outcome of a per-image budget search: the chosen desired depth and its executed/dense MACs.
 
     met is False when even d = 0 exceeds the target (the fixed head/tail/adapter cost): then d = 0.
+    evaluations: MAC counts the search made; adapter_passes: head + adapter runs it took (1 for an
+    output-scaling adapter, one per evaluation for a weight-scaling one); the body never runs.
     """
 
     desired_depth: float
@@ -292,6 +399,7 @@ class BudgetResult:
     target_macs: float
     met: bool
     evaluations: int
+    adapter_passes: int = 0
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -346,25 +454,34 @@ def budget_depth(predictor: Predictor, lr: np.ndarray, budget: tuple[str, float]
     """Per-image desired depth meeting a MACs budget (see parse_budget) by a monotone search over d.
 
     The executed MACs grow with d (deeper maps run more blocks at more pixels), so bisection finds the
-    largest d whose MACs are within the target.
+    largest d whose MACs are within the target. The MACs depend only on the adapter's depth maps, so
+    every evaluation runs the head conv and adapter alone (Predictor.adapter_costs), never the body;
+    the predict at the found d is then the image's one full-network pass.
     """
     if not predictor.adaptive:
         raise ValueError(
             "a MACs budget needs an adaptive model (AdaEDSR/AdaRCAN): a plain backbone has one cost"
         )
-    macs_max, dense = predictor.macs_at(lr, predictor.max_depth)
+    counter = predictor.adapter_costs(lr)
+    macs_max, dense = counter.macs_at(predictor.max_depth)
     kind, value = budget
     target = value * dense if kind == "fraction" else value * 2.0**30
-    cache: dict[float, float] = {predictor.max_depth: macs_max}
+    cache: dict[float, float] = {float(predictor.max_depth): macs_max}
 
     def cost(d: float) -> float:
         if d not in cache:
-            cache[d] = predictor.macs_at(lr, d)[0]
+            cache[d] = counter.macs_at(d)[0]
         return cache[d]
 
     d, macs, met, n = search_depth(cost, target, lo=0.0, hi=float(predictor.max_depth))
     return BudgetResult(
-        desired_depth=d, macs=macs, dense_macs=dense, target_macs=target, met=met, evaluations=n
+        desired_depth=d,
+        macs=macs,
+        dense_macs=dense,
+        target_macs=target,
+        met=met,
+        evaluations=n,
+        adapter_passes=counter.adapter_passes,
     )
 
 

@@ -8,13 +8,15 @@ results.json schema ("adadsr-eval/1"), documented in docs/evaluation.md:
    "datasets": [{"name", "scale", "layout", "lr_source", "root", "num_images"}],
    "runs": [{"dataset", "scale", "method", "label", "desired_depth", "budget",
              "mean": {"psnr_y", "ssim_y", "psnr_rgb", "mean_depth", "gmacs", "dense_gmacs",
-                      "release_gmacs", "latency_ms"},
+                      "release_gmacs", "latency_ms", "dense_latency_ms", "speedup"},
              "images": [{"name", "hr_height", "hr_width", "desired_depth", "psnr_y", "ssim_y", "psnr_rgb",
                          "mean_depth", "macs", "dense_macs", "release_gmacs", "latency_ms",
-                         "budget_target_macs", "budget_met"}]}]}
+                         "dense_latency_ms", "speedup", "budget_target_macs", "budget_met"}]}]}
 gmacs / dense_gmacs are what inference executes (MACS_UNIT); release_gmacs is the AdaDSR release's
-FLOPs figure, the one the paper's tables report. Absent quantities (MACs and depth for bicubic, latency
-without timing) are null; an infinite PSNR (identical images) is the string "inf".
+FLOPs figure, the one the paper's tables report. dense_latency_ms / speedup: the dense forward of the
+same model timed in the same loop as a sparse run, and dense / sparse latency. Absent quantities (MACs
+and depth for bicubic, latency without timing, dense latency of a dense run) are null; an infinite PSNR
+(identical images) is the string "inf".
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def write_csv(path: str | Path, runs: Sequence[RunResult], *, datasets: Sequence
                 "dense_macs": None if m["dense_gmacs"] is None else m["dense_gmacs"] * 2.0**30,
                 "release_gmacs": m["release_gmacs"],
                 "latency_ms": m["latency_ms"],
+                "dense_latency_ms": m["dense_latency_ms"],
+                "speedup": m["speedup"],
             }
             writer.writerow(lead + [_cell(mean_row.get(k)) for k in IMAGE_FIELDS])
     return path
@@ -178,16 +182,20 @@ def markdown_tables(runs: Sequence[RunResult], *, datasets: Sequence[dict] = ())
             "_Executed GMACs: the MACs sparse inference runs, dilation included, units of 2^30. Release "
             "GMACs: the AdaDSR release's count of the same depth maps (no dilation; bias, ReLU and "
             "residual adds included), units of 2^30: the figure to compare with the paper. Latency is the "
-            "median of timed repeats after a warm-up run; mean depth is the mean over pixels of "
-            "ceil(clip(depth map, 0, D))._",
+            "median of timed repeats after a warm-up run; dense ms is the dense forward of the same model "
+            "timed in the same loop (sparse runs), speed-up = dense ms / ms (mean of per-image ratios); "
+            "mean depth is the mean over pixels of ceil(clip(depth map, 0, D))._",
             "",
         ]
         out.append(
             "| Method | Scale | "
-            + " | ".join(f"{n} executed GMACs | {n} release GMACs | {n} ms | {n} depth" for n in names)
+            + " | ".join(
+                f"{n} executed GMACs | {n} release GMACs | {n} ms | {n} dense ms | {n} speed-up | {n} depth"
+                for n in names
+            )
             + " |"
         )
-        out.append("|---|---|" + "---:|---:|---:|---:|" * len(names))
+        out.append("|---|---|" + "---:|" * 6 * len(names))
         for method, label in _settings_in_order(sruns):
             if method == "bicubic":
                 continue
@@ -199,6 +207,8 @@ def markdown_tables(runs: Sequence[RunResult], *, datasets: Sequence[dict] = ())
                     _fmt(m.get("gmacs"), 4, "g"),
                     _fmt(m.get("release_gmacs"), 4, "g"),
                     _fmt(m.get("latency_ms"), 1),
+                    _fmt(m.get("dense_latency_ms"), 1),
+                    _fmt(m.get("speedup"), 2),
                     _fmt(m.get("mean_depth"), 2),
                 ]
             out.append(f"| {label} | x{scale} | " + " | ".join(cells) + " |")

@@ -30,6 +30,8 @@ IMAGE_FIELDS = (
     "dense_macs",
     "release_gmacs",
     "latency_ms",
+    "dense_latency_ms",
+    "speedup",
     "budget_target_macs",
     "budget_met",
 )
@@ -42,6 +44,8 @@ MEAN_FIELDS = (
     "dense_gmacs",
     "release_gmacs",
     "latency_ms",
+    "dense_latency_ms",
+    "speedup",
 )
 
 
@@ -51,6 +55,8 @@ class ImageRecord:
 
     macs / dense_macs: raw executed / dense multiply-accumulates of the forwards run; release_gmacs: the
     AdaDSR release's FLOPs figure in units of 2^30 (adadsr_jax.macs.release_gmacs), for the paper.
+    latency_ms: median time of the predictor's forwards; dense_latency_ms: the dense forward of the same
+    model timed in the same loop (sparse predictors only); speedup: dense_latency_ms / latency_ms.
     """
 
     name: str
@@ -65,6 +71,8 @@ class ImageRecord:
     dense_macs: float | None = None
     release_gmacs: float | None = None
     latency_ms: float | None = None
+    dense_latency_ms: float | None = None
+    speedup: float | None = None
     budget_target_macs: float | None = None
     budget_met: bool | None = None
 
@@ -82,7 +90,8 @@ class RunResult:
     images: list[ImageRecord] = dataclasses.field(default_factory=list)
 
     def mean(self) -> dict[str, float | None]:
-        """Per-set means (over images) of MEAN_FIELDS; a field is None when any image lacks it."""
+        """Per-set means (over images) of MEAN_FIELDS; a field is None when any image lacks it. The
+        speed-up is the mean of the per-image speed-ups, like every other per-image value."""
 
         def avg(values: list[float | None]) -> float | None:
             if not values or any(v is None for v in values):
@@ -99,6 +108,8 @@ class RunResult:
             "dense_gmacs": avg([gmacs(r.dense_macs) for r in imgs]),
             "release_gmacs": avg([r.release_gmacs for r in imgs]),
             "latency_ms": avg([r.latency_ms for r in imgs]),
+            "dense_latency_ms": avg([r.dense_latency_ms for r in imgs]),
+            "speedup": avg([r.speedup for r in imgs]),
         }
 
     def to_json(self) -> dict:
@@ -114,7 +125,8 @@ class RunResult:
         }
 
     def summary_line(self) -> str:
-        """One line for stdout: set, scale, setting, PSNR/SSIM, mean depth, GMACs, latency."""
+        """One line for stdout: set, scale, setting, PSNR/SSIM, mean depth, GMACs, latency (sparse runs:
+        also the dense latency of the same model and the speed-up)."""
         m = self.mean()
 
         def fmt(v, spec, unit=""):
@@ -125,7 +137,9 @@ class RunResult:
             f"SSIM-Y {fmt(m['ssim_y'], '.4f')}, mean depth {fmt(m['mean_depth'], '.2f')}, "
             f"executed GMACs {fmt(m['gmacs'], '.4g')} / dense {fmt(m['dense_gmacs'], '.4g')} "
             f"(release count {fmt(m['release_gmacs'], '.4g')}), "
-            f"latency {fmt(m['latency_ms'], '.1f', ' ms')} ({len(self.images)} images)"
+            f"latency {fmt(m['latency_ms'], '.1f', ' ms')}, "
+            f"dense {fmt(m['dense_latency_ms'], '.1f', ' ms')}, "
+            f"speed-up {fmt(m['speedup'], '.2f', 'x')} ({len(self.images)} images)"
         )
 
     def metric_pairs(self, prefix: str = "val") -> Iterator[tuple[str, float]]:
@@ -268,6 +282,8 @@ def _model_record(name: str, pred, hr: np.ndarray, scale: int) -> ImageRecord:
         dense_macs=pred.dense_macs,
         release_gmacs=pred.release_gmacs,
         latency_ms=pred.latency_ms,
+        dense_latency_ms=pred.dense_latency_ms,
+        speedup=pred.speedup,
     )
 
 

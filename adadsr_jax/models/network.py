@@ -50,6 +50,22 @@ class AdaDSR(nnx.Module):
         d = jnp.broadcast_to(jnp.asarray(desired_depth, jnp.float32), (z0.shape[0],))
         return self.adapter(z0, d)
 
+    def depth_map_of(self, lr: jax.Array, desired_depth: jax.Array | float | None) -> jax.Array:
+        """The depth map [N, h, w, G] a forward on lr [N, h, w, 3] (0..255) would use, from the head conv
+        and the adapter alone: the body, upsampler and tail do not run. It is the forward's
+        aux["depth_map"] (the same ops), so a caller can cost a desired depth (budget searches) at the
+        adapter's price. Plain backbones: D everywhere, as in the forward's aux."""
+        if lr.ndim != 4 or lr.shape[-1] != 3:
+            raise ValueError(f"lr must be [N, h, w, 3], got shape {lr.shape}")
+        if self.adapter is None:
+            n, h, w, _ = lr.shape
+            return jnp.full((n, h, w, self.config.num_maps), float(self.config.max_depth), jnp.float32)
+        return self.depth_map(self._head(lr), desired_depth)
+
+    def _head(self, lr: jax.Array) -> jax.Array:
+        """Head features z0 [N, h, w, C] of lr [N, h, w, 3] (0..255): mean removed, head conv."""
+        return self.head(lr - jnp.asarray(DIV2K_RGB_MEAN, lr.dtype))
+
     def __call__(
         self,
         lr: jax.Array,
@@ -78,7 +94,7 @@ class AdaDSR(nnx.Module):
         if lr.ndim != 4 or lr.shape[-1] != 3:
             raise ValueError(f"lr must be [N, h, w, 3], got shape {lr.shape}")
         mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
-        z0 = self.head(lr - mean)
+        z0 = self._head(lr)
         depth_map = self.depth_map(z0, desired_depth) if use_adapter else None
         body = self.body(z0, depth_map, sparse=sparse, sparse_backend=sparse_backend)
         z = z0 + self.body_lastconv(body)
