@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adadsr_jax.macs import model_macs, release_gmacs
+from adadsr_jax.macs import GIGA, model_macs, release_gmacs
 from adadsr_jax.masks import executed_depth
 from adadsr_jax.models.network import AdaDSR
 
@@ -465,7 +465,7 @@ def budget_depth(predictor: Predictor, lr: np.ndarray, budget: tuple[str, float]
     counter = predictor.adapter_costs(lr)
     macs_max, dense = counter.macs_at(predictor.max_depth)
     kind, value = budget
-    target = value * dense if kind == "fraction" else value * 2.0**30
+    target = value * dense if kind == "fraction" else value * GIGA
     cache: dict[float, float] = {float(predictor.max_depth): macs_max}
 
     def cost(d: float) -> float:
@@ -487,4 +487,4 @@ def budget_depth(predictor: Predictor, lr: np.ndarray, budget: tuple[str, float]
 
 def gmacs(macs: float | None) -> float | None:
     """MACs -> GMACs in units of 2^30 (the release's unit); None (no MACs, e.g. bicubic) stays None."""
-    return None if macs is None or math.isnan(macs) else macs / 2.0**30
+    return None if macs is None or math.isnan(macs) else macs / GIGA

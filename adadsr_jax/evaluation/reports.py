@@ -30,6 +30,7 @@ from pathlib import Path
 
 from adadsr_jax import metrics
 from adadsr_jax.evaluation.runner import IMAGE_FIELDS, RunResult, finite_or_none, setting_slug
+from adadsr_jax.macs import GIGA
 
 SCHEMA = "adadsr-eval/1"
 MACS_UNIT = (
@@ -96,8 +97,8 @@ def write_csv(path: str | Path, runs: Sequence[RunResult], *, datasets: Sequence
                 "ssim_y": m["ssim_y"],
                 "psnr_rgb": m["psnr_rgb"],
                 "mean_depth": m["mean_depth"],
-                "macs": None if m["gmacs"] is None else m["gmacs"] * 2.0**30,
-                "dense_macs": None if m["dense_gmacs"] is None else m["dense_gmacs"] * 2.0**30,
+                "macs": None if m["gmacs"] is None else m["gmacs"] * GIGA,
+                "dense_macs": None if m["dense_gmacs"] is None else m["dense_gmacs"] * GIGA,
                 "release_gmacs": m["release_gmacs"],
                 "latency_ms": m["latency_ms"],
                 "dense_latency_ms": m["dense_latency_ms"],
