@@ -29,17 +29,12 @@ class EDSRBody(nnx.Module):
         self.layer2 = StackedConv((self.num_blocks,), c, c, rngs=rngs)
 
     def __call__(
-        self,
-        x: jax.Array,
-        depth_map: jax.Array | None = None,
-        *,
-        sparse: bool = False,
-        sparse_backend: str = "auto",
-    ) -> jax.Array:
+        self, x: jax.Array, depth_map: jax.Array | None = None, *, sparse_backend: str | None = None
+    ):
         """x: [N, h, w, C]; depth_map: [N, h, w, 1] or None (every mask is one) -> [N, h, w, C].
 
-        sparse=True (inference, needs a depth map) computes each block only where its mask is > 0
-        (adadsr_jax.kernels); the result equals the dense one up to float rounding.
+        sparse_backend (inference, with a depth map; None: dense) computes each block only where its mask
+        is > 0 (models.sparse_stacks); the result equals the dense one up to float rounding.
         """
         res_scale = self.res_scale
 
@@ -61,9 +56,6 @@ class EDSRBody(nnx.Module):
             indices = jnp.arange(self.num_blocks, dtype=jnp.float32)
             unroll = resolve_scan_unroll(self.scan_unroll)
             return jax.lax.scan(block, x, (*params, indices), unroll=unroll)[0]
-
-        if not (sparse and depth_map is not None):
-            return dense(x)
 
         def sparse_stack(x):
             return sparse_edsr_stack(x, depth_map, params, res_scale=res_scale, backend=sparse_backend)

@@ -96,7 +96,7 @@ class AdaDSR(nnx.Module):
         mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
         z0 = self._head(lr)
         depth_map = self.depth_map(z0, desired_depth) if use_adapter else None
-        body = self.body(z0, depth_map, sparse=sparse, sparse_backend=sparse_backend)
+        body = self.body(z0, depth_map, sparse_backend=sparse_backend if sparse else None)
         z = z0 + self.body_lastconv(body)
         sr = self.tail(self.up(z)) + mean
 

@@ -49,21 +49,15 @@ class RCANBody(nnx.Module):
         self.group_end = StackedConv((num_groups,), features, features, rngs=rngs)
 
     def __call__(
-        self,
-        x: jax.Array,
-        depth_map: jax.Array | None = None,
-        *,
-        sparse: bool = False,
-        sparse_backend: str = "auto",
-    ) -> jax.Array:
+        self, x: jax.Array, depth_map: jax.Array | None = None, *, sparse_backend: str | None = None
+    ):
         """x: [N, h, w, C]; depth_map: [N, h, w, G] or None (every mask is one) -> [N, h, w, C].
 
-        sparse=True (inference, needs depth maps) computes each block only where its mask is > 0
-        (adadsr_jax.kernels); group-end convs stay dense. Equal to the dense result up to rounding.
+        sparse_backend (inference, with depth maps; None: dense) computes each block only where its mask
+        is > 0 (models.sparse_stacks); group-end convs stay dense. Equal to the dense result up to rounding.
         """
         res_scale = self.res_scale
         block_indices = jnp.arange(self.num_blocks, dtype=jnp.float32)
-        sparse = sparse and depth_map is not None
 
         def group(x, group_params):
             blocks, end_kernel, end_bias, group_depth = group_params
@@ -81,12 +75,9 @@ class RCANBody(nnx.Module):
             def sparse_blocks(x):
                 return sparse_rcan_group(x, group_depth, blocks, res_scale=res_scale, backend=sparse_backend)
 
-            if sparse:
-                h = run_sparse_stack(
-                    x, group_depth, self.num_blocks, dense=dense, sparse=sparse_blocks, backend=sparse_backend
-                )
-            else:
-                h = dense(x)
+            h = run_sparse_stack(
+                x, group_depth, self.num_blocks, dense=dense, sparse=sparse_blocks, backend=sparse_backend
+            )
             return x + conv2d(h, end_kernel, end_bias), None
 
         blocks = tuple(

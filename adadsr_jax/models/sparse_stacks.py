@@ -22,19 +22,22 @@ from adadsr_jax.kernels.plan import IndexMode, block_lists, make_plan, use_dense
 
 def run_sparse_stack(
     x: jax.Array,
-    depth_map: jax.Array,
+    depth_map: jax.Array | None,
     num_blocks: int,
     *,
     dense: Callable[[jax.Array], jax.Array],
     sparse: Callable[[jax.Array], jax.Array],
-    backend: Backend,
+    backend: Backend | None,
 ) -> jax.Array:
-    """A model body's stack with sparse=True: `sparse(x)` for a forced backend; for "auto", `dense(x)`
-    (the caller's dense masked stack) when `use_dense_stack` says most of the stack executes anyway,
-    else `sparse(x)`, chosen by `lax.cond` at run time (no recompile when the depth changes).
+    """One residual stack of a model body, the one place its dense/sparse choice is made: `dense(x)` (the
+    caller's dense masked stack) for backend None or without a depth map; `sparse(x)` for a forced
+    backend; for "auto", `dense(x)` when `use_dense_stack` says most of the stack executes anyway, else
+    `sparse(x)`, chosen by `lax.cond` at run time (no recompile when the depth changes).
 
     x: [N, h, w, C]; depth_map: [N, h, w, 1] (this stack's map); dense, sparse: [N, h, w, C] -> same.
     """
+    if backend is None or depth_map is None:
+        return dense(x)
     if backend != "auto":
         return sparse(x)
     return jax.lax.cond(use_dense_stack(depth_map, num_blocks, x.shape[-1]), dense, sparse, x)
