@@ -193,8 +193,13 @@ class Run:
         self.replicated = parallel.replicated_sharding(mesh)
         self.manager = checkpoints.make_manager(workdir, max_to_keep=cfg.train.keep_checkpoints)
         self.stop = _StopRequest(multihost=jax.process_count() > 1)
+        # Set by run(): the state, then what open_logs_and_data builds from it.
+        self.state: TrainState | None = None
         self.writer: MetricWriter | None = None
         self.batches: TrainBatches | None = None
+        self.validation_set: ValidationSet | None = None
+        self.eval_mesh: jax.sharding.Mesh | None = None
+        self.predictor: Predictor | None = None
         self.progress: tqdm | None = None
 
     def say(self, text: str) -> None:
