@@ -58,6 +58,11 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return out
 
 
+def train_tiny(workdir: Path, *flags: str) -> subprocess.CompletedProcess:
+    """train.py on configs/tiny.py in `workdir` with extra flags."""
+    return run(TRAIN, "--config", REPO / "configs" / "tiny.py", "--workdir", workdir, *flags)
+
+
 def run(cmd: list[str], *args, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*cmd, *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
@@ -140,7 +145,7 @@ def test_train_workdir_is_an_existing_file(tmp_path):
     workdir = tmp_path / "run"
     workdir.write_text("keep me")
     before = snapshot(tmp_path)
-    proc = run(TRAIN, "--config", REPO / "configs" / "tiny.py", "--workdir", workdir)
+    proc = train_tiny(workdir)
     assert_user_error(proc, workdir, "not a directory", "--workdir")
     assert snapshot(tmp_path) == before
 
@@ -166,15 +171,7 @@ def test_train_bad_config_argument_and_missing_data_folder(tmp_path):
     proc = run(TRAIN, "--config", spec, "--workdir", tmp_path / "run")
     assert_user_error(proc, spec, "config argument 'foo'")
     root = tmp_path / "DIV2K"
-    proc = run(
-        TRAIN,
-        "--config",
-        REPO / "configs" / "tiny.py",
-        "--workdir",
-        tmp_path / "run",
-        "--config.data.kind=folder",
-        f"--config.data.root={root}",
-    )
+    proc = train_tiny(tmp_path / "run", "--config.data.kind=folder", f"--config.data.root={root}")
     assert_user_error(proc, root, "no such data folder", "data.root")
     assert not list(tmp_path.iterdir())
 
@@ -261,17 +258,10 @@ def test_upscale_and_convert_print_no_absl_warnings(ckpt, photo, tmp_path):
 
 
 def test_train_and_convert_exit_2_on_bad_input(tmp_path):
-    proc = run(
-        TRAIN,
-        "--config",
-        REPO / "configs" / "tiny.py",
-        "--workdir",
-        tmp_path / "run",
-        "--config.train.stepz=3",
-    )
+    proc = train_tiny(tmp_path / "run", "--config.train.stepz=3")
     assert proc.returncode == EXIT_USER_ERROR and "Traceback" not in proc.stderr
     assert "error: unknown config fields ['train.stepz']" in proc.stderr
-    proc = run(TRAIN, "--config", REPO / "configs" / "tiny.py", "--workdir", tmp_path / "run", "--nosuchflag")
+    proc = train_tiny(tmp_path / "run", "--nosuchflag")
     assert (
         proc.returncode == EXIT_USER_ERROR and "error: Unknown command line flag 'nosuchflag'" in proc.stderr
     )
