@@ -90,6 +90,14 @@ def executed_macs(config: ModelConfig, scale: int, depth_map: jax.Array | None) 
     return rest + float(block_macs_per_pixel(config)) * pixel_blocks
 
 
+def block_macs_fraction(depth_map: np.ndarray, max_depth: int) -> float:
+    """Executed residual-block MACs over the dense blocks' MACs for depth maps [h, w, G] (host numpy,
+    float64): (active + dilated pixel-blocks) / (2 D h w G), the body part of `executed_macs`."""
+    levels, dilated = executed_levels(jnp.asarray(depth_map, jnp.float32)[None], max_depth)
+    executed = float(np.asarray(levels, np.float64).sum() + np.asarray(dilated, np.float64).sum())
+    return executed / (2.0 * max_depth * np.asarray(depth_map).size)
+
+
 def model_macs(
     config: ModelConfig, scale: int, lr_shape: tuple[int, ...], depth_map: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:

@@ -8,7 +8,14 @@ from flax import nnx
 from scipy import ndimage
 
 from adadsr_jax.kernels.plan import stack_levels
-from adadsr_jax.macs import ca_mlp_macs, dense_macs, executed_macs, model_macs, release_gmacs
+from adadsr_jax.macs import (
+    block_macs_fraction,
+    ca_mlp_macs,
+    dense_macs,
+    executed_macs,
+    model_macs,
+    release_gmacs,
+)
 from adadsr_jax.masks import executed_depth, executed_levels
 from adadsr_jax.models import create_model, get_model_config
 
@@ -56,6 +63,13 @@ def test_executed_macs_by_hand():
     )
     release = other_ops + 4 * (2 * per_conv_pixel + 4 * 8)
     assert release_gmacs(config, 2, HAND_DEPTH)[0] == pytest.approx(release / 2**30, rel=1e-12)
+
+
+def test_block_macs_fraction_by_hand():
+    """The hand count above: (4 + 18) of 2 * 3 * 16 pixel-blocks; one map per group sums the same way."""
+    assert block_macs_fraction(HAND_DEPTH[0], 3) == pytest.approx(22 / 96, rel=1e-12)
+    two_groups = np.concatenate([HAND_DEPTH[0], np.full((4, 4, 1), 3.0, np.float32)], axis=-1)
+    assert block_macs_fraction(two_groups, 3) == pytest.approx((22 + 96) / 192, rel=1e-12)
 
 
 def test_executed_levels_one_definition():
