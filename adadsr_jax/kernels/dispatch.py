@@ -19,7 +19,7 @@ from adadsr_jax.kernels.layout import from_padded_flat, to_padded_flat
 from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, sparse_conv3x3_jax
 from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
 
-Backend = Literal["auto", "pallas", "jax", "dense"]
+Backend = Literal["auto", "pallas", "jax", "tiles", "dense"]
 
 # Active fraction above which the dense convolution beats the sparse path, measured with
 # benchmarks/sparse_conv.py (benchmarks/RESULTS.md), by input channel count. CPU: a pixel-sparse conv
@@ -61,6 +61,26 @@ def threshold_for(cin: int, cout: int, platform: str | None = None) -> float:
     runs the JAX path and uses the CPU crossover.
     """
     return dense_threshold_for("gpu" if uses_pallas(cin, cout, platform) else "cpu", cin)
+
+
+# Whole EDSR stacks on the CPU at <= 64 features run the tiled path (kernels/sparse_tiles.py): 4 x 4
+# tiles, chunks of 64 (C <= 32) or 16 (C <= 64) tiles per conv, measured fastest with
+# benchmarks/sparse_stack.py. Wider stacks keep the pixel-list path, whose im2col matmul nears the
+# dense rate there. Its stack-level dense crossover (executed pixel-blocks, dilation included, over the
+# dense stack's) was measured on photo-shaped depth maps: ~0.3 at C = 32, ~0.4 at C = 64.
+TILED_STACKS = {32: (64, 0.3), 64: (16, 0.4)}
+
+
+def tiled_stack_plan(channels: int, platform: str | None = None) -> tuple[int, float] | None:
+    """(tiles per chunk, stack dense threshold) when "auto" runs an EDSR stack of `channels` features
+    tiled on `platform` (default the current backend), else None (the pixel-list or Pallas path)."""
+    platform = jax.default_backend() if platform is None else platform
+    if platform == "gpu":
+        return None
+    for limit, plan in sorted(TILED_STACKS.items()):
+        if channels <= limit:
+            return plan
+    return None
 
 
 def dense_conv3x3_padded(conv: SparseConv) -> jax.Array:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adadsr_jax.kernels.dispatch import tiled_stack_plan
 from adadsr_jax.masks import block_mask
 from adadsr_jax.models.config import ModelConfig
 from adadsr_jax.models.layers import StackedConv, conv2d, resolve_scan_unroll
@@ -60,6 +61,13 @@ class EDSRBody(nnx.Module):
         def sparse_stack(x):
             return sparse_edsr_stack(x, depth_map, params, res_scale=res_scale, backend=sparse_backend)
 
+        tiled = tiled_stack_plan(x.shape[-1]) if sparse_backend == "auto" else None
         return run_sparse_stack(
-            x, depth_map, self.num_blocks, dense=dense, sparse=sparse_stack, backend=sparse_backend
+            x,
+            depth_map,
+            self.num_blocks,
+            dense=dense,
+            sparse=sparse_stack,
+            backend=sparse_backend,
+            threshold=None if tiled is None else tiled[1],
         )

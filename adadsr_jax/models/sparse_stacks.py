@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from adadsr_jax.kernels.contract import Epilogue, SparseConv
-from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3
+from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3, tiled_stack_plan
 from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, layout_of, to_padded_flat
 from adadsr_jax.kernels.plan import IndexMode, block_lists, make_plan, use_dense_stack
+from adadsr_jax.kernels.sparse_tiles import tiled_edsr_stack
 
 
 def run_sparse_stack(
@@ -28,11 +29,13 @@ def run_sparse_stack(
     dense: Callable[[jax.Array], jax.Array],
     sparse: Callable[[jax.Array], jax.Array],
     backend: Backend | None,
+    threshold: float | None = None,
 ) -> jax.Array:
     """One residual stack of a model body, the one place its dense/sparse choice is made: `dense(x)` (the
     caller's dense masked stack) for backend None or without a depth map; `sparse(x)` for a forced
     backend; for "auto", `dense(x)` when `use_dense_stack` says most of the stack executes anyway, else
-    `sparse(x)`, chosen by `lax.cond` at run time (no recompile when the depth changes).
+    `sparse(x)`, chosen by `lax.cond` at run time (no recompile when the depth changes); threshold:
+    the switch's executed fraction (None: `use_dense_stack`'s default for the stack's width).
 
     x: [N, h, w, C]; depth_map: [N, h, w, 1] (this stack's map); dense, sparse: [N, h, w, C] -> same.
     """
@@ -40,7 +43,8 @@ def run_sparse_stack(
         return dense(x)
     if backend != "auto":
         return sparse(x)
-    return jax.lax.cond(use_dense_stack(depth_map, num_blocks, x.shape[-1]), dense, sparse, x)
+    use_dense = use_dense_stack(depth_map, num_blocks, x.shape[-1], threshold)
+    return jax.lax.cond(use_dense, dense, sparse, x)
 
 
 def block_convs(
@@ -93,10 +97,15 @@ def sparse_edsr_stack(
 
     x: [N, h, w, C]; depth_map: [N, h, w, 1]; params: kernels [D, 3, 3, C, C], biases [D, C] of the first
     and second convs. Returns [N, h, w, C], equal to the dense masked stack up to float rounding.
-    backend: as `sparse_conv3x3`; interpret: run the Pallas kernel in the interpreter (CPU tests).
+    backend: as `sparse_conv3x3`, plus "tiles" (kernels/sparse_tiles.py), which "auto" also picks where
+    `tiled_stack_plan` says it is faster; interpret: run the Pallas kernel in the interpreter (CPU tests).
     """
     k0, b0, k1, b1 = params
     num_blocks = k0.shape[0]
+    tiled = tiled_stack_plan(x.shape[-1]) if backend == "auto" else None
+    if backend == "tiles" or tiled is not None:
+        chunk = tiled[0] if tiled is not None else 64
+        return tiled_edsr_stack(x, depth_map, params, res_scale=res_scale, chunk=chunk)
     layout = layout_of(x)
     plan = make_plan(depth_map, num_blocks, index_mode)
     xf = to_padded_flat(x)
@@ -145,6 +154,8 @@ def sparse_rcan_group(
     over active rows divided by h * w. A block with no active pixel in the batch is skipped entirely.
     backend: as `sparse_conv3x3`; interpret: run the Pallas kernel in the interpreter (CPU tests).
     """
+    if backend == "tiles":
+        raise ValueError("sparse_backend 'tiles' runs EDSR stacks; RCAN takes auto, pallas, jax or dense")
     k0, b0, k1, b1, dk, db, uk, ub = params
     num_blocks = k0.shape[0]
     layout = layout_of(x)
