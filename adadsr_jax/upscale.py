@@ -1,7 +1,8 @@
 """Super-resolve your own images with a trained model.
 
     python -m adadsr_jax.upscale photo.jpg more_photos/ --workdir runs/adaedsr_x2 --out sr/ \
-        [--depth 16 | --budget 50%] [--save-depth-map] [--tile 256 --tile-overlap 16]
+        [--depth 16 | --budget 50% | --budget-ms 40 --sparse] [--save-depth-map] \
+        [--tile 256 --tile-overlap 16]
 
 Policy (also in docs/evaluation.md):
   * any size, odd sizes included; images larger than --tile LR pixels on a side (default 256) are run in
@@ -222,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--depth", type=float, help="desired depth d (default: D, the full depth)")
     how.add_argument("--budget", help="per-image MACs budget: fraction of dense (0.5, 50%%) or GMACs (12.5G)")
+    how.add_argument(
+        "--budget-ms",
+        help="per-image time budget in ms (40 or 40ms) on a latency model of this machine (calibrated "
+        "once, cached); use with --sparse",
+    )
+    p.add_argument(
+        "--cost-model", help="latency model cache file for --budget-ms (default: next to the checkpoint)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per image with --budget-ms (median)")
     p.add_argument("--save-depth-map", action="store_true", help="also write <stem>_x<s>_depth.png")
     p.add_argument("--tile", type=int, default=256, help="LR tile size for large images (0: never tile)")
     p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of context around each tile")
@@ -238,6 +248,7 @@ def run(args) -> list[Path]:
     others are still written, then ValueError lists the skipped files.
     """
     from adadsr_jax.checkpoint import load_model
+    from adadsr_jax.evaluation.cost_model import budget_ms_depth, load_or_calibrate, parse_budget_ms
     from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
     from adadsr_jax.evaluation.runner import colorize_depth
 
@@ -248,6 +259,11 @@ def run(args) -> list[Path]:
     if args.tile < 0 or args.tile_overlap < 0:
         raise UserError("--tile/--tile-overlap", f"must be >= 0, got {args.tile} / {args.tile_overlap}")
     budget = parse_budget(args.budget) if args.budget else None
+    budget_ms = parse_budget_ms(args.budget_ms) if args.budget_ms is not None else None
+    if args.repeats < 1:
+        raise UserError("--repeats", f"must be >= 1, got {args.repeats}")
+    if args.cost_model and Path(args.cost_model).is_dir():
+        raise UserError(args.cost_model, "--cost-model is a folder", "give a file path, e.g. cost_model.json")
     files = collect_inputs(args.inputs)
     source_flag = "--workdir" if args.workdir else "--checkpoint"
     require_checkpoint_dir(args.workdir or args.checkpoint, source_flag)
@@ -264,6 +280,19 @@ def run(args) -> list[Path]:
     )
     if args.depth is not None and not model.config.adaptive:
         print("note: this model has no adapter; --depth is ignored")
+    cost_model = None
+    if budget_ms is not None:
+        if not model.config.adaptive:
+            raise ValueError("--budget-ms needs an adaptive model; this one has no adapter (one fixed cost)")
+        if not predictor.sparse:
+            print(
+                "note: --budget-ms without --sparse times the dense forward, whose time does not depend on d"
+            )
+        cost_model, info = load_or_calibrate(
+            predictor, checkpoint_dir=args.workdir or args.checkpoint, cache_path=args.cost_model
+        )
+        where = info.path if info.path is not None else "not cached"
+        print(f"latency model ({predictor.mode} forward): {info.status}, {where}, {info.seconds:.1f} s")
     written, failed = [], []
     for path, out in zip(files, outs, strict=True):
         try:
@@ -275,6 +304,10 @@ def run(args) -> list[Path]:
         depth = args.depth
         if budget is not None:
             depth = budget_depth(predictor, image.rgb, budget).desired_depth
+        chosen = None
+        if cost_model is not None:
+            chosen = budget_ms_depth(predictor, image.rgb, budget_ms, cost_model)
+            depth = chosen.desired_depth
         pred = predictor.predict(image.rgb, depth)
         final = compose_output(pred.sr, image, scale)
         _save(out, final, image.gray and image.alpha is not None)
@@ -283,10 +316,19 @@ def run(args) -> list[Path]:
             colour = colorize_depth(pred.depth_map, predictor.max_depth, upscale=scale)
             save_png(out.with_name(out.stem + "_depth.png"), colour)
         d_txt = "-" if pred.desired_depth is None else f"{pred.desired_depth:.3g}"
+        timing = ""
+        if chosen is not None:
+            # Timed after the prediction (its compile), the inputs already on the device, as evaluate.py.
+            measured = predictor.time_forward(image.rgb.astype(np.float32), np.float32(depth), args.repeats)
+            late = "" if chosen.met else " (over budget even at d = 0)"
+            timing = (
+                f", time budget: asked {budget_ms:g} ms, predicted {chosen.predicted_ms:.1f} ms{late}, "
+                f"measured {measured:.1f} ms"
+            )
         print(
             f"{path} -> {out} ({final.shape[1]}x{final.shape[0]}), desired depth {d_txt}, "
             f"mean depth {pred.mean_depth:.2f}, {gmacs(pred.macs):.2f} executed GMACs "
-            f"({pred.release_gmacs:.2f} as the release counts)",
+            f"({pred.release_gmacs:.2f} as the release counts){timing}",
             flush=True,
         )
     if failed:

@@ -127,6 +127,12 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
             for im in run["images"]:
                 assert 0 < im["macs"] <= im["dense_macs"]
                 assert im["release_gmacs"] > 0
+                # The block share, counted on the host from the depth map, against the jitted MACs count:
+                # the blocks' dense MACs are 2 D 9 h w C^2 (adaedsr_tiny: D = 3, C = 8; whole images).
+                lr_pixels = im["hr_height"] * im["hr_width"] / 4
+                body = 2 * 3 * 9 * lr_pixels * 8**2
+                rest = im["dense_macs"] - body
+                assert im["block_fraction"] == pytest.approx((im["macs"] - rest) / body, rel=1e-5, abs=1e-6)
                 if run["budget"] is not None:
                     assert im["budget_met"] and im["macs"] <= im["budget_target_macs"]
                     assert im["budget_target_macs"] == pytest.approx(0.9 * im["dense_macs"])
@@ -134,7 +140,10 @@ def test_end_to_end_outputs_and_schema(e2e, capsys):
             assert run["mean"]["dense_latency_ms"] is None and run["mean"]["speedup"] is None
     assert "executed GMACs" in doc["settings"]["macs_unit"] and "release" in doc["settings"]["macs_unit"]
     md = (out / "results.md").read_text()
-    assert "Set5 executed GMACs | Set5 release GMACs |" in md and "as the AdaDSR release counts" not in md
+    assert (
+        "Set5 executed GMACs | Set5 block MACs | Set5 release GMACs |" in md
+        and "as the AdaDSR release counts" not in md
+    )
     assert "| Set5 ms | Set5 dense ms | Set5 speed-up | Set5 depth |" in md
     assert md.count("_Protocol: Y channel") == 1 and "| adaedsr_tiny (d=3) | x2 |" in md
     assert "| Bicubic | x2 |" in md and "Urban100 (generated LR, 1 images)" in md

@@ -1,4 +1,4 @@
-"""Command line of evaluate.py: benchmark a trained model over test sets, depths and MACs budgets."""
+"""Command line of evaluate.py: benchmark a trained model over test sets, depths, MACs and time budgets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adadsr_jax.cli import UserError, require_checkpoint_dir, require_dir, require_output_dir, run_cli
+from adadsr_jax.evaluation.cost_model import load_or_calibrate, parse_budget_ms
 from adadsr_jax.evaluation.datasets import find_dataset
 from adadsr_jax.evaluation.inference import Predictor, parse_budget
 from adadsr_jax.evaluation.reports import write_all
@@ -44,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="MACs budget per image, searched per image: a fraction of dense (0.5 or 50%%) or executed "
         "GMACs (12.5G); repeatable",
+    )
+    p.add_argument(
+        "--budget-ms",
+        action="append",
+        default=[],
+        help="time budget per image in ms (50 or 50ms), searched per image on a latency model of this "
+        "machine (calibrated once, seconds, and cached); use with --sparse (a dense forward's time does "
+        "not depend on d); repeatable",
+    )
+    p.add_argument(
+        "--cost-model",
+        help="latency model cache file for --budget-ms (default: <checkpoint>/cost_model.json when "
+        "writable, else the user cache folder)",
     )
     p.add_argument("--sparse", action="store_true", help="sparse execution (plain backbones run dense)")
     p.add_argument("--tile", type=int, help="tiled inference: LR tile size in pixels (default: whole image)")
@@ -110,6 +124,10 @@ def check_args(args) -> None:
     a typo fails at once, and nothing is created when it does."""
     for b in args.budget:
         parse_budget(b)
+    for b in args.budget_ms:
+        parse_budget_ms(b)
+    if args.cost_model and Path(args.cost_model).is_dir():
+        raise UserError(args.cost_model, "--cost-model is a folder", "give a file path, e.g. cost_model.json")
     if args.depths:
         _floats(args.depths, "--depths")
     for flag, value in (
@@ -150,6 +168,8 @@ def run(args) -> list[RunResult]:
     cfg = model.config
     if args.budget and not cfg.adaptive:
         raise ValueError(f"--budget needs an adaptive model; {label} has no adapter (one fixed cost)")
+    if args.budget_ms and not cfg.adaptive:
+        raise ValueError(f"--budget-ms needs an adaptive model; {label} has no adapter (one fixed cost)")
     info.update({"adaptive": bool(cfg.adaptive), "max_depth": int(cfg.max_depth)})
     if cfg.adaptive:
         depths = _floats(args.depths, "--depths") if args.depths else list(default_depths(cfg))
@@ -163,6 +183,10 @@ def run(args) -> list[RunResult]:
     predictor = Predictor(
         model, sparse=args.sparse, tile=args.tile, overlap=args.tile_overlap, self_ensemble=args.self_ensemble
     )
+    budgets_ms = [parse_budget_ms(b) for b in args.budget_ms]
+    cost_model, cost_info = None, None
+    if budgets_ms:
+        cost_model, cost_info = _latency_model(args, predictor)
     # Created by the first file written (write_all, save_png), so a run that fails early leaves nothing.
     out = Path(args.output)
     runs: list[RunResult] = []
@@ -175,6 +199,8 @@ def run(args) -> list[RunResult]:
             model_label=label,
             depths=depths,
             budgets=args.budget,
+            ms_budgets=budgets_ms,
+            cost_model=cost_model,
             bicubic=not args.no_bicubic,
             repeats=args.repeats,
             sr_dir=out / "sr" / sub if args.save_images else None,
@@ -195,10 +221,39 @@ def run(args) -> list[RunResult]:
         "repeats": args.repeats,
         "depths": depths,
         "budgets": list(args.budget),
+        "budgets_ms": budgets_ms,
+        "cost_model": cost_info,
     }
     files = write_all(out, runs, model=info, settings=settings, datasets=[b.describe() for b in benches])
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     return runs
+
+
+def _latency_model(args, predictor: Predictor):
+    """The cached or freshly calibrated latency model for --budget-ms, and its description for
+    results.json (after saying on stdout what will be timed and where the model came from)."""
+    if not args.sparse:
+        print(
+            "note: --budget-ms without --sparse times the dense forward, whose time does not depend on d: "
+            "each image runs at d = D when the dense forward is predicted to fit, else at d = 0"
+        )
+    if args.repeats == 0:
+        print("note: --repeats 0: the time budgets' measured latency is not reported")
+    model, info = load_or_calibrate(
+        predictor, checkpoint_dir=args.workdir or args.checkpoint, cache_path=args.cost_model
+    )
+    where = info.path if info.path is not None else "not cached"
+    print(
+        f"latency model ({predictor.mode} forward): {info.status}, {where}, {info.seconds:.1f} s", flush=True
+    )
+    return model, {
+        "status": info.status,
+        "path": None if info.path is None else str(info.path),
+        "seconds": round(info.seconds, 3),
+        "features": list(model.feature_names),
+        "coefficients_ms": [float(c) for c in model.coefficients],
+        "calibration_rms_rel_error": model.calibration.get("rms_rel_error"),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

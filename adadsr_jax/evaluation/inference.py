@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adadsr_jax.macs import GIGA, model_macs, release_gmacs
+from adadsr_jax.macs import GIGA, block_macs_fraction, model_macs, release_gmacs
 from adadsr_jax.masks import executed_depth
 from adadsr_jax.models.network import AdaDSR
 
@@ -49,6 +49,8 @@ class Prediction:
 
     sr: [s*h, s*w, 3] float32 0..255 (unclipped, unquantised); depth_map: [h, w, G] float32;
     mean_depth: mean over pixels and maps of ceil(clip(depth_map, 0, D)) (the release's statistic);
+    depth_map_mean: the plain mean of the depth map (what the hinge term holds below d);
+    block_fraction: executed residual-block MACs / dense blocks' MACs of the whole-image map(s);
     macs / dense_macs: executed and dense multiply-accumulates over all forwards run;
     release_gmacs: the release's figure (units of 2^30) for the whole image's depth map(s);
     latency_ms: median forward time (None unless timed);
@@ -62,6 +64,8 @@ class Prediction:
     macs: float
     dense_macs: float
     release_gmacs: float
+    depth_map_mean: float = float("nan")
+    block_fraction: float = float("nan")
     latency_ms: float | None = None
     desired_depth: float | None = None
     dense_latency_ms: float | None = None
@@ -262,6 +266,8 @@ class Predictor:
             sr=sr,
             depth_map=dmap.astype(np.float32),
             mean_depth=float(np.mean(executed)),
+            depth_map_mean=float(np.mean([np.mean(m) for m in dmaps])),
+            block_fraction=float(np.mean([block_macs_fraction(m, self.max_depth) for m in dmaps])),
             macs=self._sum_macs(all_runs, "macs"),
             dense_macs=self._sum_macs(all_runs, "dense_macs"),
             # The release counts whole images (its chop overlap aside): one figure per ensemble member's
@@ -369,12 +375,24 @@ class AdapterCosts:
         self.adapter_passes += 1
         return [self._p._adapter_forward(self._p._state, x, d) for x in self._inputs]
 
+    def _units(self) -> list[jax.Array]:
+        """The maps at d = 1 of an output-scaling adapter (one adapter pass, on the first call)."""
+        if self._unit_maps is None:
+            self._unit_maps = [out["depth_map"] for out in self._adapter(jnp.float32(1.0))]
+        return self._unit_maps
+
+    def depth_maps_at(self, desired_depth: float) -> list[np.ndarray]:
+        """The depth maps [1, h, w, G] of every forward of the image at `desired_depth` (host arrays):
+        output-scaling adapters rescale the d = 1 maps by the same float32 product the forward forms."""
+        d = self._p._depth_arg(desired_depth)
+        if self._p.scales_output:
+            return [np.asarray(m) * np.float32(d) for m in self._units()]
+        return [np.asarray(out["depth_map"]) for out in self._adapter(d)]
+
     def macs_at(self, desired_depth: float) -> tuple[float, float]:
         d = self._p._depth_arg(desired_depth)
         if self._p.scales_output:
-            if self._unit_maps is None:
-                self._unit_maps = [out["depth_map"] for out in self._adapter(jnp.float32(1.0))]
-            outs = [self._p._scaled_costs(m, d) for m in self._unit_maps]
+            outs = [self._p._scaled_costs(m, d) for m in self._units()]
         else:
             outs = self._adapter(d)
         return (

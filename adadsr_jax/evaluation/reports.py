@@ -4,19 +4,25 @@ results.json schema ("adadsr-eval/1"), documented in docs/evaluation.md:
   {"schema": "adadsr-eval/1", "created": ISO time, "protocol": str,
    "model": {"name", "scale", "overrides", "path", "which", "adaptive", "max_depth"},
    "settings": {"mode", "sparse_requested", "tile", "tile_overlap", "self_ensemble", "repeats",
-                "macs_unit", "depths", "budgets"},
+                "macs_unit", "depths", "budgets", "budgets_ms", "cost_model"},
    "datasets": [{"name", "scale", "layout", "lr_source", "root", "num_images"}],
    "runs": [{"dataset", "scale", "method", "label", "desired_depth", "budget",
-             "mean": {"psnr_y", "ssim_y", "psnr_rgb", "mean_depth", "gmacs", "dense_gmacs",
-                      "release_gmacs", "latency_ms", "dense_latency_ms", "speedup"},
+             "mean": {"psnr_y", "ssim_y", "psnr_rgb", "mean_depth", "depth_map_mean",
+                      "block_fraction", "gmacs", "dense_gmacs",
+                      "release_gmacs", "latency_ms", "dense_latency_ms", "speedup", "predicted_ms"},
              "images": [{"name", "hr_height", "hr_width", "desired_depth", "psnr_y", "ssim_y", "psnr_rgb",
-                         "mean_depth", "macs", "dense_macs", "release_gmacs", "latency_ms",
-                         "dense_latency_ms", "speedup", "budget_target_macs", "budget_met"}]}]}
+                         "mean_depth", "depth_map_mean", "block_fraction", "macs", "dense_macs",
+                         "release_gmacs", "latency_ms", "dense_latency_ms", "speedup",
+                         "budget_target_macs", "budget_met", "budget_ms", "predicted_ms"}]}]}
 gmacs / dense_gmacs are what inference executes (MACS_UNIT); release_gmacs is the AdaDSR release's
 FLOPs figure, the one the paper's tables report. dense_latency_ms / speedup: the dense forward of the
 same model timed in the same loop as a sparse run, and dense / sparse latency. Absent quantities (MACs
 and depth for bicubic, latency without timing, dense latency of a dense run) are null; an infinite PSNR
-(identical images) is the string "inf".
+(identical images) is the string "inf". depth_map_mean is the plain mean of the adapter's depth map (the
+quantity the training hinge keeps below d); block_fraction the executed share of the residual blocks'
+MACs. Time budgets (--budget-ms): budget "40ms", images' budget_ms (asked) and predicted_ms (the latency
+model's time at the chosen d; latency_ms is the measured one); settings.cost_model says where the model
+came from (adadsr_jax.evaluation.cost_model).
 """
 
 from __future__ import annotations
@@ -97,12 +103,16 @@ def write_csv(path: str | Path, runs: Sequence[RunResult], *, datasets: Sequence
                 "ssim_y": m["ssim_y"],
                 "psnr_rgb": m["psnr_rgb"],
                 "mean_depth": m["mean_depth"],
+                "depth_map_mean": m["depth_map_mean"],
+                "block_fraction": m["block_fraction"],
                 "macs": None if m["gmacs"] is None else m["gmacs"] * GIGA,
                 "dense_macs": None if m["dense_gmacs"] is None else m["dense_gmacs"] * GIGA,
                 "release_gmacs": m["release_gmacs"],
                 "latency_ms": m["latency_ms"],
                 "dense_latency_ms": m["dense_latency_ms"],
                 "speedup": m["speedup"],
+                "budget_ms": run.budget_ms,
+                "predicted_ms": m["predicted_ms"],
             }
             writer.writerow(lead + [_cell(mean_row.get(k)) for k in IMAGE_FIELDS])
     return path
@@ -188,15 +198,20 @@ def markdown_tables(runs: Sequence[RunResult], *, datasets: Sequence[dict] = ())
             "mean depth is the mean over pixels of ceil(clip(depth map, 0, D))._",
             "",
         ]
+        # A predicted-ms column only when a time budget ran (the latency model's time at the chosen d).
+        timed = any(r.budget_ms is not None for r in sruns)
+        predicted_head = "{n} predicted ms | " if timed else ""
         out.append(
             "| Method | Scale | "
             + " | ".join(
-                f"{n} executed GMACs | {n} release GMACs | {n} ms | {n} dense ms | {n} speed-up | {n} depth"
+                f"{n} executed GMACs | {n} block MACs | {n} release GMACs | "
+                + predicted_head.format(n=n)
+                + f"{n} ms | {n} dense ms | {n} speed-up | {n} depth"
                 for n in names
             )
             + " |"
         )
-        out.append("|---|---|" + "---:|" * 6 * len(names))
+        out.append("|---|---|" + "---:|" * (8 if timed else 7) * len(names))
         for method, label in _settings_in_order(sruns):
             if method == "bicubic":
                 continue
@@ -206,7 +221,9 @@ def markdown_tables(runs: Sequence[RunResult], *, datasets: Sequence[dict] = ())
                 m = r.mean() if r else {}
                 cells += [
                     _fmt(m.get("gmacs"), 4, "g"),
+                    _fmt(m.get("block_fraction"), 3),
                     _fmt(m.get("release_gmacs"), 4, "g"),
+                    *([_fmt(m.get("predicted_ms"), 1)] if timed else []),
                     _fmt(m.get("latency_ms"), 1),
                     _fmt(m.get("dense_latency_ms"), 1),
                     _fmt(m.get("speedup"), 2),
@@ -240,8 +257,11 @@ def plot_psnr_vs_gmacs(path: str | Path, runs: Sequence[RunResult], *, dataset: 
     fig, ax = plt.subplots(figsize=(5.0, 3.8), dpi=120)
     sweep = [(m[xkey], m["psnr_y"], r) for m, r in zip(means, model_runs, strict=True) if r.budget is None]
     budget = [
-        (m[xkey], m["psnr_y"], r) for m, r in zip(means, model_runs, strict=True) if r.budget is not None
+        (m[xkey], m["psnr_y"], r)
+        for m, r in zip(means, model_runs, strict=True)
+        if r.budget is not None and r.budget_ms is None
     ]
+    time_budget = [(m[xkey], m["psnr_y"], r) for m, r in zip(means, model_runs, strict=True) if r.budget_ms]
     if sweep:
         sweep.sort(key=lambda t: t[0])
         ax.plot([t[0] for t in sweep], [t[1] for t in sweep], "o-", label="desired depth sweep")
@@ -249,6 +269,8 @@ def plot_psnr_vs_gmacs(path: str | Path, runs: Sequence[RunResult], *, dataset: 
             ax.annotate(setting_slug(r), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     if budget:
         ax.plot([t[0] for t in budget], [t[1] for t in budget], "s", label="MACs budget")
+    if time_budget:
+        ax.plot([t[0] for t in time_budget], [t[1] for t in time_budget], "^", label="time budget")
     # The dense cost of the same network, for reference (the bicubic PSNR is left out: far below a trained
     # model, it would flatten the curve; it is in the tables).
     dense = [m["dense_gmacs"] for m in means if m["dense_gmacs"] is not None]

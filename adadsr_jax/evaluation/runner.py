@@ -1,4 +1,5 @@
-"""Evaluate a model on a test set over a depth sweep (and MACs budgets): per-image and mean records.
+"""Evaluate a model on a test set over a depth sweep (and MACs and time budgets): per-image and mean
+records.
 
 The loop loads each image once and runs every requested desired depth on it, so one compiled forward
 per image shape serves the whole sweep. Metrics follow adadsr_jax.metrics (the SR benchmark protocol).
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from adadsr_jax import metrics
+from adadsr_jax.evaluation.cost_model import CostModel, budget_ms_depth
 from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
 from adadsr_jax.models import ModelConfig
 
@@ -26,6 +28,8 @@ IMAGE_FIELDS = (
     "ssim_y",
     "psnr_rgb",
     "mean_depth",
+    "depth_map_mean",
+    "block_fraction",
     "macs",
     "dense_macs",
     "release_gmacs",
@@ -34,18 +38,23 @@ IMAGE_FIELDS = (
     "speedup",
     "budget_target_macs",
     "budget_met",
+    "budget_ms",
+    "predicted_ms",
 )
 MEAN_FIELDS = (
     "psnr_y",
     "ssim_y",
     "psnr_rgb",
     "mean_depth",
+    "depth_map_mean",
+    "block_fraction",
     "gmacs",
     "dense_gmacs",
     "release_gmacs",
     "latency_ms",
     "dense_latency_ms",
     "speedup",
+    "predicted_ms",
 )
 
 
@@ -53,10 +62,14 @@ MEAN_FIELDS = (
 class ImageRecord:
     """Metrics of one image at one setting (None: does not apply, e.g. MACs of bicubic).
 
+    mean_depth: mean executed depth; depth_map_mean: the depth map's plain mean (the hinge's quantity);
+    block_fraction: executed / dense residual-block MACs.
     macs / dense_macs: raw executed / dense multiply-accumulates of the forwards run; release_gmacs: the
     AdaDSR release's FLOPs figure in units of 2^30 (adadsr_jax.macs.release_gmacs), for the paper.
     latency_ms: median time of the predictor's forwards; dense_latency_ms: the dense forward of the same
     model timed in the same loop (sparse predictors only); speedup: dense_latency_ms / latency_ms.
+    budget_ms / predicted_ms: a time budget's target and the cost model's time at the chosen depth
+    (adadsr_jax.evaluation.cost_model); latency_ms is the measured time of that prediction.
     """
 
     name: str
@@ -67,6 +80,8 @@ class ImageRecord:
     ssim_y: float
     psnr_rgb: float
     mean_depth: float | None = None
+    depth_map_mean: float | None = None
+    block_fraction: float | None = None
     macs: float | None = None
     dense_macs: float | None = None
     release_gmacs: float | None = None
@@ -75,6 +90,8 @@ class ImageRecord:
     speedup: float | None = None
     budget_target_macs: float | None = None
     budget_met: bool | None = None
+    budget_ms: float | None = None
+    predicted_ms: float | None = None
 
 
 @dataclasses.dataclass
@@ -84,10 +101,15 @@ class RunResult:
     dataset: str
     scale: int
     method: str  # "model" or "bicubic"
-    label: str  # e.g. "adaedsr (d=16)", "adaedsr (budget 50%)", "Bicubic"
+    label: str  # e.g. "adaedsr (d=16)", "adaedsr (budget 50%)", "adaedsr (budget 40ms)", "Bicubic"
     desired_depth: float | None
-    budget: str | None
+    budget: str | None  # a MACs budget ("50%", "12G") or a time budget ("40ms", see ms_budget_label)
     images: list[ImageRecord] = dataclasses.field(default_factory=list)
+
+    @property
+    def budget_ms(self) -> float | None:
+        """The time budget (ms per image) of a --budget-ms run, else None."""
+        return None if self.budget is None or not self.budget.endswith("ms") else float(self.budget[:-2])
 
     def mean(self) -> dict[str, float | None]:
         """Per-set means (over images) of MEAN_FIELDS; a field is None when any image lacks it. The
@@ -104,12 +126,15 @@ class RunResult:
             "ssim_y": avg([r.ssim_y for r in imgs]),
             "psnr_rgb": avg([r.psnr_rgb for r in imgs]),
             "mean_depth": avg([r.mean_depth for r in imgs]),
+            "depth_map_mean": avg([r.depth_map_mean for r in imgs]),
+            "block_fraction": avg([r.block_fraction for r in imgs]),
             "gmacs": avg([gmacs(r.macs) for r in imgs]),
             "dense_gmacs": avg([gmacs(r.dense_macs) for r in imgs]),
             "release_gmacs": avg([r.release_gmacs for r in imgs]),
             "latency_ms": avg([r.latency_ms for r in imgs]),
             "dense_latency_ms": avg([r.dense_latency_ms for r in imgs]),
             "speedup": avg([r.speedup for r in imgs]),
+            "predicted_ms": avg([r.predicted_ms for r in imgs]),
         }
 
     def to_json(self) -> dict:
@@ -126,7 +151,8 @@ class RunResult:
 
     def summary_line(self) -> str:
         """One line for stdout: set, scale, setting, PSNR/SSIM, mean depth, GMACs, latency (sparse runs:
-        also the dense latency of the same model and the speed-up)."""
+        also the dense latency of the same model and the speed-up; time budgets: what was asked, the
+        mean predicted time and how many images were measured within +10% of the budget)."""
         m = self.mean()
 
         def fmt(v, spec, unit=""):
@@ -134,13 +160,26 @@ class RunResult:
 
         return (
             f"{self.dataset} x{self.scale} {self.label}: PSNR-Y {fmt(m['psnr_y'], '.3f')} dB, "
-            f"SSIM-Y {fmt(m['ssim_y'], '.4f')}, mean depth {fmt(m['mean_depth'], '.2f')}, "
+            f"SSIM-Y {fmt(m['ssim_y'], '.4f')}, mean depth {fmt(m['mean_depth'], '.2f')} "
+            f"(depth map mean {fmt(m['depth_map_mean'], '.2f')}), "
+            f"block MACs {fmt(m['block_fraction'], '.1%')}, "
             f"executed GMACs {fmt(m['gmacs'], '.4g')} / dense {fmt(m['dense_gmacs'], '.4g')} "
             f"(release count {fmt(m['release_gmacs'], '.4g')}), "
             f"latency {fmt(m['latency_ms'], '.1f', ' ms')}, "
             f"dense {fmt(m['dense_latency_ms'], '.1f', ' ms')}, "
-            f"speed-up {fmt(m['speedup'], '.2f', 'x')} ({len(self.images)} images)"
+            f"speed-up {fmt(m['speedup'], '.2f', 'x')}{self._ms_budget_text()} ({len(self.images)} images)"
         )
+
+    def _ms_budget_text(self) -> str:
+        target = self.budget_ms
+        if target is None:
+            return ""
+        m = self.mean()
+        predicted = "n/a" if m["predicted_ms"] is None else f"{m['predicted_ms']:.1f} ms"
+        measured = "n/a" if m["latency_ms"] is None else f"{m['latency_ms']:.1f} ms"
+        timed = [r.latency_ms for r in self.images if r.latency_ms is not None]
+        within = f", {within_budget(timed, target)}/{len(timed)} measured within +10%" if timed else ""
+        return f"; time budget: asked {target:g} ms, predicted {predicted}, measured {measured}{within}"
 
     def metric_pairs(self, prefix: str = "val") -> Iterator[tuple[str, float]]:
         """(name, value) pairs of the per-set means for loggers, named
@@ -152,8 +191,18 @@ class RunResult:
                 yield f"{prefix}/{self.dataset}/{field}/{slug}", float(value)
 
 
+def ms_budget_label(target_ms: float) -> str:
+    """RunResult.budget of a time budget: "40ms", "12.5ms"."""
+    return f"{target_ms:g}ms"
+
+
+def within_budget(latencies_ms: Sequence[float], target_ms: float, slack: float = 0.10) -> int:
+    """How many measured times are at most (1 + slack) x the target."""
+    return sum(1 for t in latencies_ms if t <= (1.0 + slack) * target_ms)
+
+
 def setting_slug(run: RunResult) -> str:
-    """A file-name-safe tag of a setting: "d16", "d2.5", "budget-50pct", "bicubic", "full"."""
+    """A file-name-safe tag of a setting: "d16", "d2.5", "budget-50pct", "budget-40ms", "bicubic", "full"."""
     if run.method == "bicubic":
         return "bicubic"
     if run.budget is not None:
@@ -203,6 +252,8 @@ def evaluate_set(
     model_label: str,
     depths: Sequence[float | None],
     budgets: Sequence[str] = (),
+    ms_budgets: Sequence[float] = (),
+    cost_model: CostModel | None = None,
     bicubic: bool = True,
     repeats: int = 3,
     sr_dir: str | Path | None = None,
@@ -212,10 +263,12 @@ def evaluate_set(
     """Evaluate `predictor` on the pairs of `bench` (objects with name, lr, hr) at every depth/budget.
 
     depths: desired depths (None = D, the only setting of a plain backbone); budgets: parse_budget
-    strings, each searched per image. bicubic adds the MATLAB-bicubic baseline row. repeats: timed runs
+    strings, each searched per image; ms_budgets: time budgets (ms per image), each searched per image
+    on `cost_model`'s predicted time (cost_model.budget_ms_depth; needed with ms_budgets). bicubic adds
+    the MATLAB-bicubic baseline row. repeats: timed runs
     after the warm-up (0 = no timing). sr_dir / depth_dir: when given, SR PNGs and colour-mapped depth maps
     are written to <dir>/<setting>/<image>.png. Returns one RunResult per setting, in order
-    [bicubic?] + depths + budgets.
+    [bicubic?] + depths + budgets + ms_budgets.
     """
     from tqdm import tqdm
 
@@ -235,7 +288,17 @@ def evaluate_set(
     budget_runs = [
         RunResult(dataset, scale, "model", f"{model_label} (budget {b})", None, b) for b, _ in parsed
     ]
-    runs += depth_runs + budget_runs
+    if ms_budgets and cost_model is None:
+        raise ValueError(
+            "time budgets need a cost model (adadsr_jax.evaluation.cost_model.load_or_calibrate)"
+        )
+    ms_runs = [
+        RunResult(
+            dataset, scale, "model", f"{model_label} (budget {ms_budget_label(t)})", None, ms_budget_label(t)
+        )
+        for t in ms_budgets
+    ]
+    runs += depth_runs + budget_runs + ms_runs
 
     def save(run: RunResult, name: str, sr: np.ndarray, dmap: np.ndarray | None) -> None:
         if sr_dir is not None:
@@ -267,6 +330,14 @@ def evaluate_set(
             rec.budget_target_macs, rec.budget_met = found.target_macs, found.met
             run.images.append(rec)
             save(run, name, pred.sr, pred.depth_map)
+        for run, target in zip(ms_runs, ms_budgets, strict=True):
+            chosen = budget_ms_depth(predictor, lr, target, cost_model)
+            pred = predictor.predict(lr, chosen.desired_depth, repeats=repeats)
+            rec = _model_record(name, pred, hr, scale)
+            # budget_met: whether the model predicted a depth that fits (the measured time is latency_ms).
+            rec.budget_met, rec.budget_ms, rec.predicted_ms = chosen.met, float(target), chosen.predicted_ms
+            run.images.append(rec)
+            save(run, name, pred.sr, pred.depth_map)
     return runs
 
 
@@ -278,6 +349,8 @@ def _model_record(name: str, pred, hr: np.ndarray, scale: int) -> ImageRecord:
         scale,
         pred.desired_depth,
         mean_depth=pred.mean_depth,
+        depth_map_mean=pred.depth_map_mean,
+        block_fraction=pred.block_fraction,
         macs=pred.macs,
         dense_macs=pred.dense_macs,
         release_gmacs=pred.release_gmacs,

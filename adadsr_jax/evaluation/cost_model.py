@@ -1,0 +1,571 @@
+"""A per-machine latency model of the predictor's forward, and the `--budget-ms T` search it serves.
+
+predicted_ms = coefficients . features(depth map), where the features count the work the code executes
+for that depth map (`forward_features`, a pure function of the map and an `ExecSpec`):
+
+  forwards             1 per forward call: dispatch, the fixed part of the program;
+  sparse_stack_pixels  LR pixels of each residual stack that runs its sparse path (plan building, layout
+                       conversions, the per-block soft masks), plus the head, adapter, body-end conv,
+                       upsampler and tail, which cost per pixel whatever the stack does;
+  sparse_rows          rows the pixel-list convs compute: per conv (first on the 3x3-dilated set, second
+                       on the active set) its active count rounded up to whole tiles, as the JAX path
+                       walks it (`sparse_conv3x3_jax`; the Pallas kernel's `block_rows` on a GPU);
+                       for a tiled EDSR stack (CPU, <= 64 features), the pixels of the T x T tiles its
+                       two loops per block compute, rounded up to whole chunks of tiles;
+  dense_conv_pixels    LR pixels of the convs that the per-conv dispatcher switches to XLA's dense conv
+                       (active count above the crossover fraction) inside a sparse stack;
+  dense_stack_pixels   LR pixels of each stack that `kernels.plan.use_dense_stack` switches to the dense
+                       masked loop (all blocks, every pixel), plus the fixed per-pixel parts as above;
+  active_block_pixels  (RCAN only) LR pixels of each sparse block that runs at all: channel attention
+                       and the residual add are dense per block.
+
+The fixed per-pixel cost (head, adapter, upsampler, tail) is folded into the two stack features: every
+stack runs either sparse or dense, so a separate "pixels" feature would be their exact sum (one stack) and
+the fit could not tell the three apart. A dense predictor (no --sparse) runs every stack dense whatever
+d is: its features are forwards and pixels, and its time does not depend on d.
+
+The coefficients are fitted by least squares (float64, relative error weighted) to a calibration run on
+this machine: the demo photo and its centre crop at half the side, at d from 0 to D, timed with
+`Predictor.time_forward` (median of repeats, compile excluded). They are cached as JSON next to the
+checkpoint (`<checkpoint dir>/cost_model.json`) or in the user cache folder, keyed by the model's
+fingerprint (parameters and config), the JAX and package versions, backend, device kind, machine and
+sparse mode; a different key recalibrates and overwrites, a corrupt file is rebuilt with a warning.
+
+`budget_ms_depth` is the per-image search: the largest d in [0, D] whose predicted time fits T, by
+`search_depth` on depth maps from the head conv and adapter alone (`Predictor.adapter_costs`; an
+output-scaling adapter runs once per image), never the full network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import inspect
+import json
+import math
+import os
+import platform as platform_module
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import adadsr_jax
+from adadsr_jax.evaluation.inference import AdapterCosts, Predictor, search_depth
+from adadsr_jax.kernels.dispatch import threshold_for, tiled_stack_plan, uses_pallas
+from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE
+from adadsr_jax.kernels.sparse_conv_pallas import sparse_conv3x3_pallas
+from adadsr_jax.kernels.sparse_tiles import DEFAULT_TILE as TILE_SIDE
+from adadsr_jax.models import ModelConfig
+
+SCHEMA = "adadsr-cost-model/1"
+# Bump when the executed code paths change (e.g. a new sparse stack kernel): old caches then recalibrate.
+FEATURES_VERSION = 2
+CACHE_NAME = "cost_model.json"
+
+Timer = Callable[[np.ndarray, float], float]
+NEEDS_ADAPTIVE = "a time budget needs an adaptive model (AdaEDSR/AdaRCAN): a plain backbone has one cost"
+
+
+# ---------------------------------------------------------------------------------------------- features
+@dataclasses.dataclass(frozen=True)
+class ExecSpec:
+    """What, besides the depth map, decides the work of one forward.
+
+    threshold: the dense-crossover active fraction of the stack switch and the per-conv dispatcher
+    (`kernels.dispatch.threshold_for(C, C)`; for a tiled EDSR stack, `tiled_stack_plan`'s); tile: rows
+    per sparse conv tile, None for the JAX path's min(DEFAULT_TILE, max(8, pixels)), or the tile side T
+    of a tiled stack; tiled_chunk: tiles
+    per chunk when the stacks run tiled (kernels/sparse_tiles.py), else None.
+    """
+
+    backbone: str
+    num_blocks: int
+    channels: int
+    num_maps: int
+    sparse: bool
+    threshold: float
+    tile: int | None
+    tiled_chunk: int | None = None
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        if not self.sparse:
+            return ("forwards", "pixels")
+        # A tiled stack has no per-conv dense switch; only RCAN runs per-block channel attention.
+        per_conv = () if self.tiled_chunk is not None else ("dense_conv_pixels",)
+        rcan = ("active_block_pixels",) if self.backbone == "rcan" else ()
+        return ("forwards", "sparse_stack_pixels", "sparse_rows", *per_conv, "dense_stack_pixels", *rcan)
+
+
+def exec_spec(config: ModelConfig, *, sparse: bool, platform: str | None = None) -> ExecSpec:
+    """The ExecSpec of a model's forward on `platform` (a JAX backend name; default the current one)."""
+    platform = jax.default_backend() if platform is None else platform
+    c = int(config.num_features)
+    tile = None
+    if uses_pallas(c, c, platform):
+        tile = int(inspect.signature(sparse_conv3x3_pallas).parameters["block_rows"].default)
+    threshold = float(threshold_for(c, c, platform))
+    tiled = tiled_stack_plan(c, platform) if config.backbone == "edsr" else None
+    if tiled is not None:
+        tile, threshold = TILE_SIDE, float(tiled[1])
+    return ExecSpec(
+        backbone=config.backbone,
+        num_blocks=int(config.num_blocks),
+        channels=c,
+        num_maps=int(config.num_maps),
+        sparse=bool(sparse and config.adaptive),
+        threshold=threshold,
+        tile=tile,
+        tiled_chunk=None if tiled is None else int(tiled[0]),
+    )
+
+
+def _dilate3x3(levels: np.ndarray) -> np.ndarray:
+    """3x3 max over h, w of [N, h, w] levels, zero padded (levels are >= 0): `masks.executed_levels`."""
+    n, h, w = levels.shape
+    padded = np.zeros((n, h + 2, w + 2), levels.dtype)
+    padded[:, 1:-1, 1:-1] = levels
+    return np.max([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+def _tile_max(levels: np.ndarray, tile: int) -> np.ndarray:
+    """Max of [N, h, w] levels over each T x T tile (h, w zero padded to multiples of T): [tiles]."""
+    n, h, w = levels.shape
+    hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
+    padded = np.zeros((n, hp, wp), levels.dtype)
+    padded[:, :h, :w] = levels
+    return padded.reshape(n, hp // tile, tile, wp // tile, tile).max(axis=(2, 4)).reshape(-1)
+
+
+def _counts_above(levels: np.ndarray, num_blocks: int) -> np.ndarray:
+    """count_l = #{pixels with level > l}, l = 0..D-1, int64 [D] (`kernels.layout.prefix_counts`)."""
+    hist = np.bincount(levels.reshape(-1).astype(np.int64), minlength=num_blocks + 1)
+    return hist[::-1].cumsum()[::-1][1 : num_blocks + 1]
+
+
+def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
+    """Work of one forward on depth map [N, h, w, G] (float32), float64 [len(spec.feature_names)].
+
+    Follows the code: per stack g, levels = ceil(clip(map_g, 0, D)) and their 3x3 dilation; the stack
+    runs dense when (levels.sum() + dilated.sum()) > threshold * 2 * D * pixels (compared in float32,
+    as `use_dense_stack`), else block l's first conv runs on count_dil_l rows and its second on
+    count_act_l rows, each switched to the dense conv when its count > int(threshold * pixels).
+    """
+    dm = np.asarray(depth_map, np.float32)
+    if dm.ndim != 4 or dm.shape[-1] != spec.num_maps:
+        raise ValueError(f"depth map must be [N, h, w, {spec.num_maps}], got {dm.shape}")
+    n, h, w, _ = dm.shape
+    pixels = n * h * w
+    if not spec.sparse:
+        return np.array([1.0, float(pixels)])
+    d = spec.num_blocks
+    tile = spec.tile if spec.tile is not None else min(DEFAULT_TILE, max(8, pixels))
+    conv_limit = int(spec.threshold * pixels) if spec.threshold < 1.0 else None
+    stack_limit = np.float32(spec.threshold * 2 * d * pixels)
+    sparse_px = rows = dense_conv_px = dense_px = active_px = 0.0
+    for g in range(spec.num_maps):
+        levels = np.ceil(np.clip(dm[..., g], 0.0, float(d)))
+        dilated = _dilate3x3(levels)
+        executed = np.float32(int(levels.sum(dtype=np.float64)) + int(dilated.sum(dtype=np.float64)))
+        if executed > stack_limit:
+            dense_px += pixels
+            continue
+        sparse_px += pixels
+        if spec.tiled_chunk is not None:
+            # Tiled stack: each block's two loops walk whole chunks of T x T tiles (no per-conv switch).
+            k, t = spec.tiled_chunk, spec.tile
+            tiles = np.concatenate([_counts_above(_tile_max(x, t), d) for x in (dilated, levels)])
+            rows += float((-(-tiles // k) * k).sum() * t * t)
+            continue
+        counts = np.concatenate([_counts_above(dilated, d), _counts_above(levels, d)])
+        dense = counts > conv_limit if conv_limit is not None else np.zeros(counts.shape, bool)
+        dense_conv_px += pixels * float(dense.sum())
+        rows += float((-(-counts[~dense] // tile) * tile).sum())
+        active_px += pixels * float((_counts_above(levels, d) > 0).sum())
+    values = {
+        "forwards": 1.0,
+        "sparse_stack_pixels": sparse_px,
+        "sparse_rows": rows,
+        "dense_conv_pixels": dense_conv_px,
+        "dense_stack_pixels": dense_px,
+        "active_block_pixels": active_px,
+    }
+    return np.array([values[name] for name in spec.feature_names], np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+@dataclasses.dataclass
+class CostModel:
+    """Latency model of one predictor's forwards: predicted ms = coefficients . summed features.
+
+    coefficients: float64 [F], ms per unit of each of spec.feature_names; key: the cache key it was
+    calibrated under; calibration: how (samples, seconds, fit error).
+    """
+
+    spec: ExecSpec
+    coefficients: np.ndarray
+    key: dict = dataclasses.field(default_factory=dict)
+    calibration: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.spec.feature_names
+
+    def features(self, depth_maps: Sequence[np.ndarray]) -> np.ndarray:
+        """Features summed over the forwards of one image (its windows and ensemble members' maps)."""
+        return np.sum([forward_features(m, self.spec) for m in depth_maps], axis=0)
+
+    def predict_ms(self, depth_maps: Sequence[np.ndarray]) -> float:
+        """Predicted time (ms) of the forwards whose depth maps [N, h, w, G] are given."""
+        return float(self.features(depth_maps) @ self.coefficients)
+
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "key": self.key,
+            "spec": dataclasses.asdict(self.spec),
+            "feature_names": list(self.feature_names),
+            "coefficients": [float(c) for c in self.coefficients],
+            "calibration": self.calibration,
+        }
+
+
+def fit_coefficients(features: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    """Non-negative least-squares coefficients [F] of ms [S] ~ features [S, F] . c, in float64.
+
+    Rows are weighted by 1 / ms (the relative error is what a time budget feels: 10% of a small image
+    matters as much as 10% of a large one) and columns scaled to unit max (the features span 1 to 1e6),
+    then numpy's lstsq. Work never saves time, so a negative coefficient is timing noise: the most
+    negative feature is dropped (coefficient 0) and the rest refitted until none is negative. A feature
+    the calibration never exercised (an all-zero column) gets 0. Exact data with non-negative true
+    coefficients is fitted exactly (the first lstsq already has no negative coefficient).
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(ms, np.float64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"features must be [S, F] and ms [S], got {x.shape} and {y.shape}")
+    weights = 1.0 / np.maximum(np.abs(y), 1e-9)
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0] = 1.0
+    a, b = x * weights[:, None] / scale, y * weights
+    active = np.ones(x.shape[1], bool)
+    coef = np.zeros(x.shape[1])
+    while active.any():
+        coef[:] = 0.0
+        coef[active], *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
+        if coef.min() >= 0.0:
+            break
+        active[np.argmin(coef)] = False
+    return coef / scale
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def forward_timer(predictor: Predictor, repeats: int = 1) -> Timer:
+    """timer(lr, d) -> median ms of `repeats` forwards of lr at d; each new shape's compile is run
+    untimed first."""
+    seen: set[tuple[int, ...]] = set()
+
+    def timer(lr: np.ndarray, d: float) -> float:
+        x = np.asarray(lr, np.float32)
+        depth = jnp.asarray(d, jnp.float32)
+        if x.shape not in seen:
+            seen.add(x.shape)
+            predictor.time_forward(x, depth, 1)
+        return predictor.time_forward(x, depth, repeats)
+
+    return timer
+
+
+def calibration_images(scale: int) -> list[np.ndarray]:
+    """The calibration inputs: the demo photo's LR at `scale` (150 x 225 at x2) and its centre crop at
+    half the side, uint8 [h, w, 3]. A smooth synthetic image stands in when the photo is not installed."""
+    try:
+        from adadsr_jax.data import demo_source
+
+        photo = np.asarray(demo_source(scale=scale, split="valid")[0].lr)
+    except (FileNotFoundError, ImportError):
+        yy, xx = np.mgrid[0:150, 0:224]
+        photo = (127 + 100 * np.sin(np.stack([xx / 9.0, yy / 13.0, (xx + yy) / 17.0], -1))).astype(np.uint8)
+    h, w = photo.shape[:2]
+    y0, x0 = h // 4, w // 4
+    return [np.ascontiguousarray(photo[y0 : y0 + h // 2, x0 : x0 + w // 2]), photo]
+
+
+def calibration_depths(counter: AdapterCosts, spec: ExecSpec, max_depth: int, count: int = 6) -> list[float]:
+    """Desired depths to time for one image: `count` spread over the d whose stacks all run sparse (the
+    regime a budget search bisects; found on a 33-point grid of [0, D] from the adapter's maps) plus D
+    (the dense regime, constant in d). A dense predictor: 0 and D (its time does not depend on d)."""
+    if not spec.sparse:
+        return [0.0, float(max_depth)]
+    grid = np.linspace(0.0, float(max_depth), 33)
+    dense_stack = spec.feature_names.index("dense_stack_pixels")
+    sparse = [
+        float(d)
+        for d in grid
+        if all(forward_features(m, spec)[dense_stack] == 0 for m in counter.depth_maps_at(float(d)))
+    ]
+    if not sparse:
+        return [0.0, float(max_depth)]
+    picks = np.unique(np.round(np.linspace(0, len(sparse) - 1, min(count, len(sparse)))).astype(int))
+    return sorted({*(sparse[i] for i in picks), float(max_depth)})
+
+
+def calibrate(
+    predictor: Predictor,
+    *,
+    timer: Timer | None = None,
+    images: Sequence[np.ndarray] | None = None,
+    repeats: int = 3,
+) -> CostModel:
+    """Fit a CostModel for `predictor`'s forward (its model and sparse mode) on this machine.
+
+    Timed on a plain predictor of the same model and mode (no tiles, no ensemble: the features count
+    per forward, so tiled and ensembled predictions sum them): every image of `images` (default
+    `calibration_images`) at `calibration_depths`, each sample's time the median of `repeats` rounds
+    over all samples (interleaved: a burst of load from another process spoils one round of many
+    samples, which the median discards, rather than every repeat of one sample). timer(lr, d) -> ms of
+    one forward replaces the clock (tests); it is called repeats times per sample.
+    """
+    if not predictor.adaptive:
+        raise ValueError(NEEDS_ADAPTIVE)
+    start = time.perf_counter()
+    plain = predictor
+    if predictor.tile is not None or predictor.self_ensemble:
+        plain = Predictor(predictor.model, sparse=predictor.sparse)
+    spec = exec_spec(predictor.config, sparse=predictor.sparse)
+    timer = forward_timer(plain) if timer is None else timer
+    images = calibration_images(predictor.scale) if images is None else images
+    todo, rows = [], []
+    for lr in images:
+        lr = np.asarray(lr)
+        counter = plain.adapter_costs(lr)
+        for d in calibration_depths(counter, spec, predictor.max_depth):
+            rows.append(np.sum([forward_features(m, spec) for m in counter.depth_maps_at(d)], axis=0))
+            todo.append((lr, d))
+    times = [[float(timer(lr, d)) for lr, d in todo] for _ in range(max(1, repeats))]
+    ms = [float(np.median(t)) for t in zip(*times, strict=True)]
+    samples = [
+        {"shape": list(lr.shape[:2]), "desired_depth": d, "features": f.tolist(), "ms": t}
+        for (lr, d), f, t in zip(todo, rows, ms, strict=True)
+    ]
+    x, y = np.array(rows), np.array(ms)
+    coef = fit_coefficients(x, y)
+    rel = (x @ coef - y) / np.maximum(y, 1e-9)
+    calibration = {
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - start, 3),
+        "repeats": repeats,
+        "rank": int(np.linalg.matrix_rank(x / np.maximum(np.abs(x).max(axis=0), 1e-300))),
+        "max_rel_error": float(np.abs(rel).max()),
+        "rms_rel_error": float(np.sqrt(np.mean(rel**2))),
+        "samples": samples,
+    }
+    return CostModel(spec, coef, calibration=calibration)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def model_fingerprint(model) -> str:
+    """sha256 hex of the model's config, scale and parameters (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256()
+    arch = {"config": dataclasses.asdict(model.config), "scale": int(model.scale)}
+    h.update(json.dumps(arch, sort_keys=True).encode())
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def cache_key(predictor: Predictor, *, jax_version: str | None = None) -> dict:
+    """What a cached model is valid for: this model, code, JAX, backend, device, machine, sparse mode.
+    jax_version overrides jax.__version__ (tests)."""
+    device = jax.devices()[0]
+    return {
+        "schema": SCHEMA,
+        "features_version": FEATURES_VERSION,
+        "model": model_fingerprint(predictor.model),
+        "adadsr_jax": adadsr_jax.__version__,
+        "jax": jax.__version__ if jax_version is None else jax_version,
+        "platform": jax.default_backend(),
+        "device_kind": str(device.device_kind),
+        "machine": platform_module.node(),
+        "cpus": os.cpu_count(),
+        "mode": predictor.mode,
+        # The dense-switch thresholds and tile sizes: a change in the kernels' tables recalibrates.
+        "spec": dataclasses.asdict(exec_spec(predictor.config, sparse=predictor.sparse)),
+    }
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/adadsr_jax, else ~/.cache/adadsr_jax."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "adadsr_jax"
+
+
+def cache_paths(checkpoint_dir: str | os.PathLike | None, fingerprint: str) -> list[Path]:
+    """Where a cache is looked for and written, in order: <checkpoint dir>/cost_model.json (when a
+    checkpoint is given), then the user cache folder's cost_model_<fingerprint[:16]>.json."""
+    paths = [] if checkpoint_dir is None else [Path(checkpoint_dir) / CACHE_NAME]
+    return [*paths, user_cache_dir() / f"cost_model_{fingerprint[:16]}.json"]
+
+
+@dataclasses.dataclass
+class CacheInfo:
+    """How a CostModel was obtained: status "cached" (read from path), "calibrated" (no cache found),
+    "recalibrated (key changed: ...)" or "recalibrated (corrupt cache)"; path: the file read or written
+    (None when none could be written); seconds: time spent (calibration included)."""
+
+    status: str
+    path: Path | None
+    seconds: float
+
+
+def read_cache(path: Path, spec: ExecSpec) -> tuple[CostModel, tuple[str, ...]]:
+    """(CostModel, its feature names) stored in `path`; ValueError when it is no valid cache for `spec`."""
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} file")
+        coef = np.asarray(doc["coefficients"], np.float64)
+        names = tuple(doc["feature_names"])
+        key, calibration = doc["key"], doc.get("calibration", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{type(err).__name__}: {err}") from None
+    if not isinstance(key, dict) or not isinstance(calibration, dict):
+        raise ValueError("key and calibration must be objects")
+    if coef.shape != (len(spec.feature_names),) or not np.all(np.isfinite(coef)):
+        raise ValueError(f"expected {len(spec.feature_names)} finite coefficients, got {coef.tolist()}")
+    return CostModel(spec, coef, key=key, calibration=calibration), names
+
+
+def _write_cache(path: Path, model: CostModel, *, make_folder: bool) -> None:
+    """Write atomically (a temporary file, then a rename): a reader never sees half a file."""
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(model.to_json(), indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_or_calibrate(
+    predictor: Predictor,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike | None = None,
+    timer: Timer | None = None,
+    jax_version: str | None = None,
+    images: Sequence[np.ndarray] | None = None,
+    repeats: int = 3,
+) -> tuple[CostModel, CacheInfo]:
+    """The cached CostModel of `predictor` when one with its key exists, else a fresh calibration (written
+    to the first writable location: `cache_path` when given, else `cache_paths(checkpoint_dir, ...)`).
+
+    A cache with another key is recalibrated and overwritten; an unreadable or malformed one is rebuilt
+    with a warning on stderr, never an exception. timer / images / repeats go to `calibrate`.
+    """
+    start = time.perf_counter()
+    spec = exec_spec(predictor.config, sparse=predictor.sparse)
+    key = cache_key(predictor, jax_version=jax_version)
+    paths = [Path(cache_path)] if cache_path is not None else cache_paths(checkpoint_dir, key["model"])
+    status = "calibrated"
+    for path in paths:
+        if not path.exists():
+            continue
+        try:
+            model, names = read_cache(path, spec)
+        except ValueError as err:
+            _warn(f"{path}: unreadable latency cache ({err}); recalibrating")
+            status = "recalibrated (corrupt cache)"
+            continue
+        if model.key == key and names == spec.feature_names:
+            return model, CacheInfo("cached", path, time.perf_counter() - start)
+        changed = sorted(k for k in key.keys() | model.key.keys() if key.get(k) != model.key.get(k))
+        status = f"recalibrated (key changed: {', '.join(changed) or 'features'})"
+    model = calibrate(predictor, timer=timer, images=images, repeats=repeats)
+    model.key = key
+    written = None
+    checkpoint_file = paths[0] if cache_path is None and checkpoint_dir is not None else None
+    for path in paths:
+        try:
+            # The checkpoint's own folder is never created here: a missing one means the user cache.
+            _write_cache(path, model, make_folder=path != checkpoint_file)
+            written = path
+            break
+        except OSError as err:
+            if path == paths[-1]:
+                _warn(f"{path}: cannot write the latency cache ({err}); it will be recalibrated next time")
+    return model, CacheInfo(status, written, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------- budget
+@dataclasses.dataclass
+class MsBudgetResult:
+    """Outcome of a per-image time budget search.
+
+    target_ms: asked; predicted_ms: the cost model's time at desired_depth; met: False when even d = 0
+    is predicted over the target (then d = 0); evaluations: predictions the search made;
+    adapter_passes: head + adapter runs (1 for an output-scaling adapter); the body never runs.
+    """
+
+    target_ms: float
+    predicted_ms: float
+    desired_depth: float
+    met: bool
+    evaluations: int
+    adapter_passes: int
+
+
+def parse_budget_ms(text: str) -> float:
+    """A time budget per image in ms: "50", "50ms" or "12.5 ms" -> float > 0 (finite)."""
+    t = str(text).strip().lower().removesuffix("ms").strip()
+    try:
+        value = float(t)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"bad --budget-ms {text!r}: expected a positive number of milliseconds per image (50 or 50ms)"
+        )
+    return value
+
+
+def budget_ms_depth(
+    predictor: Predictor, lr: np.ndarray, target_ms: float, model: CostModel
+) -> MsBudgetResult:
+    """The largest d in [0, D] whose predicted time for `lr` fits target_ms (bisection, `search_depth`).
+
+    Every evaluation predicts from depth maps of the head conv and adapter alone; the full network runs
+    only in the caller's predict at the found d. The predicted time grows with d while the stacks run
+    sparse; above the dense switch it is the dense stack's, constant in d, and the search checks d = D
+    first, so a budget the dense forward fits gets d = D.
+    """
+    if not predictor.adaptive:
+        raise ValueError(NEEDS_ADAPTIVE)
+    if model.spec != exec_spec(predictor.config, sparse=predictor.sparse):
+        raise ValueError(f"this latency model is for {model.spec}, not for this predictor ({predictor.mode})")
+    counter = predictor.adapter_costs(lr)
+    cache: dict[float, float] = {}
+
+    def cost(d: float) -> float:
+        if d not in cache:
+            cache[d] = model.predict_ms(counter.depth_maps_at(d))
+        return cache[d]
+
+    d, predicted, met, n = search_depth(cost, float(target_ms), lo=0.0, hi=float(predictor.max_depth))
+    return MsBudgetResult(float(target_ms), predicted, d, met, n, counter.adapter_passes)
