@@ -59,9 +59,13 @@ from flax import nnx
 import adadsr_jax
 from adadsr_jax.evaluation.inference import AdapterCosts, Predictor, search_depth
 from adadsr_jax.kernels.dispatch import threshold_for, tiled_stack_plan, uses_pallas
+from adadsr_jax.kernels.layout import prefix_counts
+from adadsr_jax.kernels.plan import use_dense_stack
 from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE
 from adadsr_jax.kernels.sparse_conv_pallas import sparse_conv3x3_pallas
 from adadsr_jax.kernels.sparse_tiles import DEFAULT_TILE as TILE_SIDE
+from adadsr_jax.kernels.sparse_tiles import TileGrid, tile_levels
+from adadsr_jax.masks import executed_levels
 from adadsr_jax.models import ModelConfig
 
 SCHEMA = "adadsr-cost-model/1"
@@ -127,36 +131,18 @@ def exec_spec(config: ModelConfig, *, sparse: bool, platform: str | None = None)
     )
 
 
-def _dilate3x3(levels: np.ndarray) -> np.ndarray:
-    """3x3 max over h, w of [N, h, w] levels, zero padded (levels are >= 0): `masks.executed_levels`."""
-    n, h, w = levels.shape
-    padded = np.zeros((n, h + 2, w + 2), levels.dtype)
-    padded[:, 1:-1, 1:-1] = levels
-    return np.max([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
-
-
-def _tile_max(levels: np.ndarray, tile: int) -> np.ndarray:
-    """Max of [N, h, w] levels over each T x T tile (h, w zero padded to multiples of T): [tiles]."""
-    n, h, w = levels.shape
-    hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
-    padded = np.zeros((n, hp, wp), levels.dtype)
-    padded[:, :h, :w] = levels
-    return padded.reshape(n, hp // tile, tile, wp // tile, tile).max(axis=(2, 4)).reshape(-1)
-
-
-def _counts_above(levels: np.ndarray, num_blocks: int) -> np.ndarray:
-    """count_l = #{pixels with level > l}, l = 0..D-1, int64 [D] (`kernels.layout.prefix_counts`)."""
-    hist = np.bincount(levels.reshape(-1).astype(np.int64), minlength=num_blocks + 1)
-    return hist[::-1].cumsum()[::-1][1 : num_blocks + 1]
+def _counts(levels: np.ndarray, num_blocks: int) -> np.ndarray:
+    """count_l = #{entries with level > l}, l = 0..D-1 (`kernels.layout.prefix_counts`), int64 [D]."""
+    return np.asarray(prefix_counts(jnp.asarray(levels), num_blocks), np.int64)
 
 
 def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
     """Work of one forward on depth map [N, h, w, G] (float32), float64 [len(spec.feature_names)].
 
-    Follows the code: per stack g, levels = ceil(clip(map_g, 0, D)) and their 3x3 dilation; the stack
-    runs dense when (levels.sum() + dilated.sum()) > threshold * 2 * D * pixels (compared in float32,
-    as `use_dense_stack`), else block l's first conv runs on count_dil_l rows and its second on
-    count_act_l rows, each switched to the dense conv when its count > int(threshold * pixels).
+    Follows the code: per stack g, the stack runs dense when `use_dense_stack` says so (at
+    spec.threshold); else, from `masks.executed_levels`, block l's first conv runs on count_dil_l rows and
+    its second on count_act_l rows, each switched to the dense conv when its count > int(threshold *
+    pixels); a tiled stack walks the tiles holding those rows (`sparse_tiles.tile_levels`).
     """
     dm = np.asarray(depth_map, np.float32)
     if dm.ndim != 4 or dm.shape[-1] != spec.num_maps:
@@ -168,27 +154,27 @@ def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
     d = spec.num_blocks
     tile = spec.tile if spec.tile is not None else min(DEFAULT_TILE, max(8, pixels))
     conv_limit = int(spec.threshold * pixels) if spec.threshold < 1.0 else None
-    stack_limit = np.float32(spec.threshold * 2 * d * pixels)
     sparse_px = rows = dense_conv_px = dense_px = active_px = 0.0
+    # The definitions the kernels use: executed levels and their dilation, the stack switch, list counts.
+    all_levels, all_dilated = (np.asarray(a) for a in executed_levels(jnp.asarray(dm), d))
     for g in range(spec.num_maps):
-        levels = np.ceil(np.clip(dm[..., g], 0.0, float(d)))
-        dilated = _dilate3x3(levels)
-        executed = np.float32(int(levels.sum(dtype=np.float64)) + int(dilated.sum(dtype=np.float64)))
-        if executed > stack_limit:
+        if bool(use_dense_stack(jnp.asarray(dm[..., g : g + 1]), d, spec.channels, spec.threshold)):
             dense_px += pixels
             continue
         sparse_px += pixels
+        levels, dilated = all_levels[..., g], all_dilated[..., g]
         if spec.tiled_chunk is not None:
             # Tiled stack: each block's two loops walk whole chunks of T x T tiles (no per-conv switch).
             k, t = spec.tiled_chunk, spec.tile
-            tiles = np.concatenate([_counts_above(_tile_max(x, t), d) for x in (dilated, levels)])
+            grid = TileGrid(n, h, w, t)
+            tiles = np.concatenate([_counts(tile_levels(jnp.asarray(x), grid), d) for x in (dilated, levels)])
             rows += float((-(-tiles // k) * k).sum() * t * t)
             continue
-        counts = np.concatenate([_counts_above(dilated, d), _counts_above(levels, d)])
+        counts = np.concatenate([_counts(dilated, d), _counts(levels, d)])
         dense = counts > conv_limit if conv_limit is not None else np.zeros(counts.shape, bool)
         dense_conv_px += pixels * float(dense.sum())
         rows += float((-(-counts[~dense] // tile) * tile).sum())
-        active_px += pixels * float((_counts_above(levels, d) > 0).sum())
+        active_px += pixels * float((_counts(levels, d) > 0).sum())
     values = {
         "forwards": 1.0,
         "sparse_stack_pixels": sparse_px,

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adadsr_jax.kernels.dispatch import tiled_stack_plan
 from adadsr_jax.masks import block_mask
 from adadsr_jax.models.config import ModelConfig
 from adadsr_jax.models.layers import StackedConv, conv2d, resolve_scan_unroll
-from adadsr_jax.models.sparse_stacks import run_sparse_stack, sparse_edsr_stack
+from adadsr_jax.models.sparse_stacks import edsr_stack_tiling, run_sparse_stack, sparse_edsr_stack
 
 
 class EDSRBody(nnx.Module):
@@ -61,7 +60,7 @@ class EDSRBody(nnx.Module):
         def sparse_stack(x):
             return sparse_edsr_stack(x, depth_map, params, res_scale=res_scale, backend=sparse_backend)
 
-        tiled = tiled_stack_plan(x.shape[-1]) if sparse_backend == "auto" else None
+        tiling = edsr_stack_tiling(x.shape[-1], sparse_backend)
         return run_sparse_stack(
             x,
             depth_map,
@@ -69,5 +68,5 @@ class EDSRBody(nnx.Module):
             dense=dense,
             sparse=sparse_stack,
             backend=sparse_backend,
-            threshold=None if tiled is None else tiled[1],
+            threshold=None if tiling is None else tiling[1],
         )
