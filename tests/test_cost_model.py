@@ -383,3 +383,20 @@ def test_evaluate_and_upscale_budget_ms(tmp_path, capsys):
     assert f"latency model (sparse forward): cached, {ckpt / 'cost_model.json'}" in stdout
     assert f"time budget: asked 2 ms, predicted {want.predicted_ms:.1f} ms" in stdout
     assert "measured " in stdout and (tmp_path / "sr" / "in_x2.png").is_file()
+
+
+def test_summary_counts_budget_misses_only_among_images_that_can_fit():
+    """k/n within +10% counts the images whose d = 0 is predicted to fit T; the others are named apart."""
+    from adadsr_jax.evaluation.runner import ImageRecord, RunResult
+
+    def image(ms: float, met: bool) -> ImageRecord:
+        return ImageRecord("x", 8, 8, 0.0, 30.0, 0.9, 29.0, latency_ms=ms, budget_met=met, budget_ms=100.0)
+
+    run = RunResult("set", 2, "model", "m (budget 100ms)", None, "100ms")
+    run.images = [image(105.0, True), image(111.0, True), image(140.0, False)]
+    assert run.summary_line().endswith(
+        "time budget: asked 100 ms, predicted n/a, measured 118.7 ms, 1/2 measured within +10% "
+        "(1 over T even at d = 0) (3 images)"
+    )
+    run.images = run.images[:2]
+    assert "1/2 measured within +10% (2 images)" in run.summary_line()
