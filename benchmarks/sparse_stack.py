@@ -7,7 +7,7 @@ compiled once per shape (the depth map is a run-time argument) and timed round-r
 the median of --reps runs; ratios are against the dense stack of the same run. Prints a table, writes JSON.
 
   python benchmarks/sparse_stack.py                                   # the default table
-  python benchmarks/sparse_stack.py --configs 32:8:150x225 --tiled 4:64 4:16 8:16 --reps 7
+  python benchmarks/sparse_stack.py --configs 32:8:150x225 --tiled 4:64 4:64:0.5 8:16 --reps 7
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ def parse_config(s: str) -> tuple[int, int, int, int]:
 
 
 def parse_tiled(s: str) -> dict:
-    """ "T:K" -> tiled_edsr_stack keyword arguments."""
-    tile, chunk = s.split(":")
-    return {"tile": int(tile), "chunk": int(chunk)}
+    """ "T:K" or "T:K:F" -> tiled_edsr_stack keyword arguments (F: dense_block_fraction)."""
+    tile, chunk, *fraction = s.split(":")
+    kw = {"tile": int(tile), "chunk": int(chunk)}
+    return kw | ({"dense_block_fraction": float(fraction[0])} if fraction else {})
 
 
 def run_config(config: str, tiled: list[str], fractions: list[float], reps: int, pixel: bool) -> list[dict]:
@@ -166,7 +167,12 @@ def main(argv: list[str] | None = None) -> None:
         default=["32:8:150x225", "32:16:150x225", "64:16:150x225", "32:8:64x64", "256:32:64x64"],
         help="C:D:HxW",
     )
-    p.add_argument("--tiled", nargs="+", default=["4:64", "4:16"], help="T:K (tile, chunk)")
+    p.add_argument(
+        "--tiled",
+        nargs="+",
+        default=["4:64:0.5", "4:16:0.5"],
+        help="T:K[:F] (tile, chunk, dense block fraction)",
+    )
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-pixel", action="store_true", help="skip the pixel-list stack")

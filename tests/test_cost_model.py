@@ -53,12 +53,13 @@ def _adapter_pre_relu(model, lr: np.ndarray) -> np.ndarray:
 
 
 def _like_trained(model):
-    """Shift and scale the adapter's last conv so its map is zero on half the photo's pixels and reaches
-    2 (a trained adapter's flat regions): a random one is positive almost everywhere, so every conv of
-    its sparse stack would switch dense and the sparse rows would never be exercised."""
+    """Shift and scale the adapter's last conv so its map is zero on 40% of the photo's pixels (a trained
+    adapter's flat regions) and reaches 4 at d = 1: a random one is positive almost everywhere, so every
+    conv of its sparse stack would switch dense and the sparse rows would never be exercised; with
+    these, the calibration's depths meet every regime (tile loops, dense blocks, the dense stack)."""
     pre = np.concatenate([_adapter_pre_relu(model, c).ravel() for c in CROPS])
-    q = np.quantile(pre, 0.5)
-    s = 2.0 / (pre.max() - q)
+    q = np.quantile(pre, 0.4)
+    s = 4.0 / (pre.max() - q)
     conv = model.adapter.layers[-1].conv
     conv.kernel[...] = conv.kernel[...] * s
     conv.bias[...] = (conv.bias[...] - q) * s
@@ -101,7 +102,7 @@ def _maps(shape, g: int, d_max: float, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     h, w = shape
     out = [np.zeros((1, h, w, g), np.float32), np.full((1, h, w, g), d_max + 0.5, np.float32)]
-    for density in (0.02, 0.1, 0.2, 0.3, 0.45, 0.6, 0.9):
+    for density in (0.02, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.9):
         values = rng.uniform(0.0, d_max + 0.5, size=(1, h, w, g))
         mask = rng.uniform(size=(1, h, w, g)) < density
         out.append((values * mask).astype(np.float32))
@@ -124,7 +125,7 @@ def _reference(depth_map: np.ndarray, config, sparse: bool = True) -> np.ndarray
     thr = threshold_for(c, c)
     tiled = tiled_stack_plan(c) if config.backbone == "edsr" else None
     if tiled is not None:
-        thr = tiled[1]
+        thr = tiled.stack_dense
     tile = min(512, max(8, p))
     f = {"sparse": 0, "rows": 0, "dense_conv": 0, "dense": 0, "blocks": 0}
     for k in range(g):
@@ -134,13 +135,19 @@ def _reference(depth_map: np.ndarray, config, sparse: bool = True) -> np.ndarray
             continue
         f["sparse"] += p
         if tiled is not None:
-            # The tiled stack's own tile levels and per-block tile counts, walked in whole chunks.
+            # The tiled stack's own tile levels and per-block tile counts, walked in whole chunks, or
+            # both convs dense in a block whose tiles exceed the block switch.
             grid = TileGrid(n, h, w, TILE_SIDE)
             levels, dilated = executed_levels(stack_map, d)
-            for lv in (dilated, levels):
-                _, counts = nested_tiles(tile_levels(lv[..., 0], grid), d)
-                chunk = tiled[0]
-                f["rows"] += sum(-(-int(k) // chunk) * chunk for k in np.asarray(counts)) * TILE_SIDE**2
+            counts = [
+                np.asarray(nested_tiles(tile_levels(lv[..., 0], grid), d)[1]) for lv in (dilated, levels)
+            ]
+            for block in range(d):
+                if counts[0][block] + counts[1][block] > tiled.block_dense * 2 * grid.count:
+                    f["dense_conv"] += 2 * p
+                    continue
+                for k in (counts[0][block], counts[1][block]):
+                    f["rows"] += -(-int(k) // tiled.chunk) * tiled.chunk * TILE_SIDE**2
             continue
         plan = _make_plan(stack_map, d, "nested")
         for count in np.concatenate([np.asarray(plan["counts_dil"]), np.asarray(plan["counts_act"])]):
@@ -149,7 +156,7 @@ def _reference(depth_map: np.ndarray, config, sparse: bool = True) -> np.ndarray
             else:
                 f["rows"] += -(-int(count) // tile) * tile
         f["blocks"] += p * int((np.asarray(plan["counts_act"]) > 0).sum())
-    out = [1.0, f["sparse"], f["rows"], *([] if tiled else [f["dense_conv"]]), f["dense"]]
+    out = [1.0, f["sparse"], f["rows"], f["dense_conv"], f["dense"]]
     return np.array(out + ([f["blocks"]] if config.backbone == "rcan" else []), np.float64)
 
 
@@ -158,12 +165,14 @@ def _reference(depth_map: np.ndarray, config, sparse: bool = True) -> np.ndarray
 def test_features_follow_the_executed_code(name, shape):
     config = get_model_config(name)
     spec = cm.exec_spec(config, sparse=True)
-    regimes = set()
+    regimes, mixed = set(), False
     for dm in _maps(shape, config.num_maps, config.max_depth, seed=len(name)):
         got = cm.forward_features(dm, spec)
         np.testing.assert_array_equal(got, _reference(dm, config))
         regimes.add((got[1] > 0, got[spec.feature_names.index("dense_stack_pixels")] > 0))
+        mixed |= bool(got[spec.feature_names.index("dense_conv_pixels")] > 0 and got[2] > 0)
     assert regimes >= {(True, False), (False, True)}  # both sides of the stack switch were checked
+    assert mixed  # and a sparse stack with both dense and sparse convs (tiled: the block switch)
     dense = cm.exec_spec(config, sparse=False)
     np.testing.assert_array_equal(cm.forward_features(dm, dense), _reference(dm, config, sparse=False))
     assert dense.feature_names == ("forwards", "pixels")

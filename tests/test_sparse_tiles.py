@@ -93,26 +93,28 @@ def assert_close(out: jax.Array, ref: np.ndarray, x: jax.Array) -> None:
     np.testing.assert_array_equal(out[untouched], x[untouched])
 
 
-# (tile, chunk): every tile size, chunks smaller and larger than a block's tile count.
-MODES = [(4, 4), (4, 64), (16, 4), (8, 4), (16, 64), (8, 16)]
+# (tile, chunk, dense_block_fraction): every tile size, chunks smaller and larger than a block's tile
+# count; tile loops only, the "auto" plan's block switch (0.5), and 0.0 (every block that runs at all
+# runs dense).
+MODES = [(4, 4, None), (4, 64, None), (16, 4, None), (8, 4, None), (16, 64, None), (8, 16, None)]
+MODES += [(4, 64, 0.5), (4, 16, 0.0)]
 
 
 @pytest.fixture(scope="module")
 def stacks():
-    """One jitted stack per (tile, chunk), reused across inputs of one shape (fewer
-    compiles)."""
+    """One jitted stack per mode, reused across inputs of one shape (fewer compiles)."""
     return {
         key: jax.jit(
             lambda x, d, key=key: tiled_edsr_stack(
-                x, d, PARAMS, res_scale=RES_SCALE, tile=key[0], chunk=key[1]
+                x, d, PARAMS, res_scale=RES_SCALE, tile=key[0], chunk=key[1], dense_block_fraction=key[2]
             )
         )
         for key in MODES
     }
 
 
-PHOTO_MODES = [MODES[0], MODES[1], MODES[5]]
-DEFAULT_KEY = (4, 64)  # tiled_edsr_stack's defaults
+PHOTO_MODES = [MODES[0], MODES[1], MODES[5], MODES[6]]
+DEFAULT_KEY = (4, 64, None)  # tiled_edsr_stack's defaults
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +133,29 @@ def test_photo_depth_map(stacks, photo_case, key):
     assert_close(stacks[key](x, jnp.asarray(depth)), ref, x)
 
 
+def tile_cover_np(depth: np.ndarray, tile: int) -> np.ndarray:
+    """Per block l, the fraction of T x T tiles holding a pixel of its active set (ceil(clip(d)) > l) and
+    of its 3x3-dilated set, summed over both (0..2), from depth [1, h, w, 1] in numpy."""
+    levels = np.ceil(np.clip(depth[0, ..., 0], 0, D))
+    dilated = ndimage.maximum_filter(levels, size=3, mode="constant", cval=0)
+    h, w = levels.shape
+    pad = ((0, -h % tile), (0, -w % tile))
+    cover = []
+    for lv in (levels, dilated):
+        t = np.pad(lv, pad).reshape(-(-h // tile), tile, -(-w // tile), tile).max(axis=(1, 3))
+        cover.append([(t > level).mean() for level in range(D)])
+    return np.sum(cover, axis=0)
+
+
+def test_photo_map_mixes_dense_and_tiled_blocks(photo_case):
+    # The block switch at 0.5 (MODES[6]) meets both kinds of block in one stack on the photo's map.
+    cover = tile_cover_np(photo_case[1], tile=4)
+    assert (cover > 2 * 0.5).any() and (cover[cover > 0] <= 2 * 0.5).any(), cover
+
+
 def test_equals_pixel_list_stack(stacks, photo_case):
     defaults = inspect.signature(tiled_edsr_stack).parameters
-    assert tuple(defaults[k].default for k in ("tile", "chunk")) == DEFAULT_KEY
+    assert tuple(defaults[k].default for k in ("tile", "chunk", "dense_block_fraction")) == DEFAULT_KEY
     assert DEFAULT_KEY in MODES
     x, depth, _ = photo_case
     pixel = jax.jit(lambda x, d: sparse_edsr_stack(x, d, PARAMS, res_scale=RES_SCALE, backend="jax"))

@@ -70,7 +70,7 @@ from adadsr_jax.models import ModelConfig
 
 SCHEMA = "adadsr-cost-model/1"
 # Bump when the executed code paths change (e.g. a new sparse stack kernel): old caches then recalibrate.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 CACHE_NAME = "cost_model.json"
 
 Timer = Callable[[np.ndarray, float], float]
@@ -85,8 +85,8 @@ class ExecSpec:
     threshold: the dense-crossover active fraction of the stack switch and the per-conv dispatcher
     (`kernels.dispatch.threshold_for(C, C)`; for a tiled EDSR stack, `tiled_stack_plan`'s); tile: rows
     per sparse conv tile, None for the JAX path's min(DEFAULT_TILE, max(8, pixels)), or the tile side T
-    of a tiled stack; tiled_chunk: tiles
-    per chunk when the stacks run tiled (kernels/sparse_tiles.py), else None.
+    of a tiled stack; tiled_chunk: tiles per chunk when the stacks run tiled (kernels/sparse_tiles.py),
+    else None; block_dense: a tiled stack's per-block dense switch (`TiledStackPlan.block_dense`).
     """
 
     backbone: str
@@ -97,13 +97,15 @@ class ExecSpec:
     threshold: float
     tile: int | None
     tiled_chunk: int | None = None
+    block_dense: float | None = None
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         if not self.sparse:
             return ("forwards", "pixels")
-        # A tiled stack has no per-conv dense switch; only RCAN runs per-block channel attention.
-        per_conv = () if self.tiled_chunk is not None else ("dense_conv_pixels",)
+        # A pure tiled stack has no dense switch inside; only RCAN runs per-block channel attention.
+        tiles_only = self.tiled_chunk is not None and self.block_dense is None
+        per_conv = () if tiles_only else ("dense_conv_pixels",)
         rcan = ("active_block_pixels",) if self.backbone == "rcan" else ()
         return ("forwards", "sparse_stack_pixels", "sparse_rows", *per_conv, "dense_stack_pixels", *rcan)
 
@@ -118,7 +120,7 @@ def exec_spec(config: ModelConfig, *, sparse: bool, platform: str | None = None)
     threshold = float(threshold_for(c, c, platform))
     tiled = tiled_stack_plan(c, platform) if config.backbone == "edsr" else None
     if tiled is not None:
-        tile, threshold = TILE_SIDE, float(tiled[1])
+        tile, threshold = TILE_SIDE, float(tiled.stack_dense)
     return ExecSpec(
         backbone=config.backbone,
         num_blocks=int(config.num_blocks),
@@ -127,7 +129,8 @@ def exec_spec(config: ModelConfig, *, sparse: bool, platform: str | None = None)
         sparse=bool(sparse and config.adaptive),
         threshold=threshold,
         tile=tile,
-        tiled_chunk=None if tiled is None else int(tiled[0]),
+        tiled_chunk=None if tiled is None else int(tiled.chunk),
+        block_dense=None if tiled is None or tiled.block_dense is None else float(tiled.block_dense),
     )
 
 
@@ -142,7 +145,8 @@ def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
     Follows the code: per stack g, the stack runs dense when `use_dense_stack` says so (at
     spec.threshold); else, from `masks.executed_levels`, block l's first conv runs on count_dil_l rows and
     its second on count_act_l rows, each switched to the dense conv when its count > int(threshold *
-    pixels); a tiled stack walks the tiles holding those rows (`sparse_tiles.tile_levels`).
+    pixels); a tiled stack walks the tiles holding those rows (`sparse_tiles.tile_levels`), except in
+    the blocks whose tiles exceed spec.block_dense of the map, which run both convs dense.
     """
     dm = np.asarray(depth_map, np.float32)
     if dm.ndim != 4 or dm.shape[-1] != spec.num_maps:
@@ -164,11 +168,16 @@ def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
         sparse_px += pixels
         levels, dilated = all_levels[..., g], all_dilated[..., g]
         if spec.tiled_chunk is not None:
-            # Tiled stack: each block's two loops walk whole chunks of T x T tiles (no per-conv switch).
+            # Tiled stack: each block's two loops walk whole chunks of T x T tiles, or, above the block
+            # switch, the block runs two dense convs.
             k, t = spec.tiled_chunk, spec.tile
             grid = TileGrid(n, h, w, t)
-            tiles = np.concatenate([_counts(tile_levels(jnp.asarray(x), grid), d) for x in (dilated, levels)])
-            rows += float((-(-tiles // k) * k).sum() * t * t)
+            tiles = np.stack([_counts(tile_levels(jnp.asarray(x), grid), d) for x in (dilated, levels)])
+            dense = np.zeros(d, bool)
+            if spec.block_dense is not None:
+                dense = tiles.sum(axis=0) > spec.block_dense * 2 * grid.count
+            dense_conv_px += 2.0 * pixels * float(dense.sum())
+            rows += float((-(-tiles[:, ~dense] // k) * k).sum() * t * t)
             continue
         counts = np.concatenate([_counts(dilated, d), _counts(levels, d)])
         dense = counts > conv_limit if conv_limit is not None else np.zeros(counts.shape, bool)

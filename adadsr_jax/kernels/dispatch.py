@@ -8,6 +8,7 @@ choice never recompiles). `backend="pallas" | "jax" | "dense"` forces one implem
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Literal
 
@@ -63,17 +64,33 @@ def threshold_for(cin: int, cout: int, platform: str | None = None) -> float:
     return dense_threshold_for("gpu" if uses_pallas(cin, cout, platform) else "cpu", cin)
 
 
-# Whole EDSR stacks on the CPU at <= 64 features run the tiled path (kernels/sparse_tiles.py): 4 x 4
-# tiles, chunks of 64 (C <= 32) or 16 (C <= 64) tiles per conv, measured fastest with
-# benchmarks/sparse_stack.py. Wider stacks keep the pixel-list path, whose im2col matmul nears the
-# dense rate there. Its stack-level dense crossover (executed pixel-blocks, dilation included, over the
-# dense stack's) was measured on photo-shaped depth maps: ~0.3 at C = 32, ~0.4 at C = 64.
-TILED_STACKS = {32: (64, 0.3), 64: (16, 0.4)}
+@dataclasses.dataclass(frozen=True)
+class TiledStackPlan:
+    """How an EDSR stack runs the tiled path (kernels/sparse_tiles.py).
+
+    chunk: tiles per convolution call. block_dense: a block whose two tile loops would walk more than
+    this fraction of the map's tiles (both loops together, over twice the tile count) runs XLA's dense
+    convolutions instead (None: never). stack_dense: the stack-level dense switch, on the executed
+    pixel-blocks (dilation included) over the dense stack's (`plan.use_dense_stack`; None: its default).
+    """
+
+    chunk: int
+    block_dense: float | None = None
+    stack_dense: float | None = None
 
 
-def tiled_stack_plan(channels: int, platform: str | None = None) -> tuple[int, float] | None:
-    """(tiles per chunk, stack dense threshold) when "auto" runs an EDSR stack of `channels` features
-    tiled on `platform` (default the current backend), else None (the pixel-list or Pallas path)."""
+# Whole EDSR stacks on the CPU at <= 64 features run the tiled path: 4 x 4 tiles, chunks of 64 (C <= 32)
+# or 16 (C <= 64) tiles per conv, a dense block wherever its tiles cover more than half the map, and the
+# dense stack above 0.55 executed (the stack then costs about the dense stack's time: 1.06-1.11x at C=32
+# and 0.94x at C=64 at 0.54 on photo-shaped depth maps, 1.1-1.2x at 0.64). Measured with
+# benchmarks/sparse_stack.py (benchmarks/RESULTS.md). Wider stacks keep the pixel-list path, whose
+# im2col matmul nears the dense rate there.
+TILED_STACKS = {32: TiledStackPlan(64, 0.5, 0.55), 64: TiledStackPlan(16, 0.5, 0.55)}
+
+
+def tiled_stack_plan(channels: int, platform: str | None = None) -> TiledStackPlan | None:
+    """The plan "auto" runs an EDSR stack of `channels` features with on `platform` (default the current
+    backend), or None where it keeps the pixel-list or Pallas path."""
     platform = jax.default_backend() if platform is None else platform
     if platform == "gpu":
         return None

@@ -68,5 +68,5 @@ class EDSRBody(nnx.Module):
             dense=dense,
             sparse=sparse_stack,
             backend=sparse_backend,
-            threshold=None if tiling is None else tiling[1],
+            threshold=None if tiling is None else tiling.stack_dense,
         )

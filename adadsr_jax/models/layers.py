@@ -40,6 +40,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> ja
 
     x: [N, H, W, Cin]; kernel: [k, k, Cin, Cout]; bias: [Cout] -> [N, H, W, Cout].
     """
+    if x.shape[-1] == 3:
+        # An RGB input (the head conv) gets a fourth, zero channel: the same sums, and XLA's CPU
+        # convolution ran 3x faster with it (150 x 225 x 3 -> 32: 9.5 against 3.1 ms).
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 1)))
+        kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 1), (0, 0)))
     y = jax.lax.conv_general_dilated(
         x,
         kernel.astype(x.dtype),

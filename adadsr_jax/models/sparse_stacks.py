@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from adadsr_jax.kernels.contract import Epilogue, SparseConv
-from adadsr_jax.kernels.dispatch import Backend, sparse_conv3x3, tiled_stack_plan
+from adadsr_jax.kernels.dispatch import Backend, TiledStackPlan, sparse_conv3x3, tiled_stack_plan
 from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, layout_of, to_padded_flat
 from adadsr_jax.kernels.plan import IndexMode, block_lists, make_plan, use_dense_stack
 from adadsr_jax.kernels.sparse_tiles import DEFAULT_CHUNK, tiled_edsr_stack
@@ -83,12 +83,12 @@ def block_convs(
     return hf, conv(second)
 
 
-def edsr_stack_tiling(channels: int, backend: Backend | None) -> tuple[int, float | None] | None:
-    """(tiles per chunk, stack dense threshold) when an EDSR stack of `channels` features runs the tiled
-    path (forced "tiles", or "auto" where `tiled_stack_plan` measured it faster), else None. The one
-    place this choice is made, for the stack itself and for the model's dense switch."""
+def edsr_stack_tiling(channels: int, backend: Backend | None) -> TiledStackPlan | None:
+    """The plan of an EDSR stack of `channels` features that runs the tiled path (forced "tiles": tile
+    loops in every block, no dense switch; "auto" where `tiled_stack_plan` measured it faster), else
+    None. The one place this choice is made, for the stack itself and for the model's dense switch."""
     if backend == "tiles":
-        return DEFAULT_CHUNK, None
+        return TiledStackPlan(DEFAULT_CHUNK)
     return tiled_stack_plan(channels) if backend == "auto" else None
 
 
@@ -113,7 +113,14 @@ def sparse_edsr_stack(
     num_blocks = k0.shape[0]
     tiling = edsr_stack_tiling(x.shape[-1], backend)
     if tiling is not None:
-        return tiled_edsr_stack(x, depth_map, params, res_scale=res_scale, chunk=tiling[0])
+        return tiled_edsr_stack(
+            x,
+            depth_map,
+            params,
+            res_scale=res_scale,
+            chunk=tiling.chunk,
+            dense_block_fraction=tiling.block_dense,
+        )
     layout = layout_of(x)
     plan = make_plan(depth_map, num_blocks, index_mode)
     xf = to_padded_flat(x)
