@@ -1,4 +1,4 @@
-"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); about 10 minutes on
+"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); 10-12 minutes on
 2 CPU cores, ending with the held-out photo's PSNR-Y against bicubic.
 
 Run:

@@ -34,16 +34,17 @@ Measured (CPU, 2 shared cores, float32; benchmarks/sparse_stack.py, benchmarks/R
 - XLA's conv on a chunk of tiles costs ~1.2x the dense conv per output pixel (T = 8, K = 4-16; worse
   for K >= 64 at T = 16, and for one conv over all tiles at once: 2-5x), far better than im2col +
   matmul on the tiles (~3x) or nine accumulated matmuls (~2.6-3.4x). Each chunk's gather and scatter
-  add ~65 us each at K = 16, T = 8, C = 32: the per-chunk overhead is about half the conv's time.
+  add ~65 us each at K = 16, T = 8, C = 32; with them a tile loop over the whole map took ~2x one dense
+  conv, hence the dense block above half the map's tiles.
 - On the demo photo's gradient-shaped depth maps, tiles cover more than the active pixels
   (T = 4/8/16 at 30% executed: 40/49/65% of the map), so small tiles win; the two loops beat the fused
   variant (its halo recompute costs more than the second loop's extra gathers).
-- C = 32 (D = 8, 150 x 225): T = 4, K = 64 is fastest, 0.41-0.47 / 1.07-1.11 / 1.3-1.7x the
-  dense stack at 10/30/50% executed, against 0.67 / 1.52 / 2.09x for the pixel-list stack: ~30-40%
-  faster than the pixel path, but, like it, slower than dense above ~25% executed. C = 64: T = 4,
-  K = 16, 5-20% faster than the pixel path from 30% executed (slower at 10% on 150 x 225). C = 256
-  (D = 32, 64 x 64): the pixel path wins at 10-30% executed (its im2col matmul is near the dense
-  rate there) and both lose to dense at 50%.
+- C = 32 (D = 8, 150 x 225), T = 4, K = 64: with the dense block switch 0.30 / 0.62 / 0.94 / 0.84 /
+  1.11x the dense stack at 10 / 20 / 30 / 40 / 50% executed, against 0.39 / 0.85 / 1.35 / 1.27 / 1.58x
+  for the tile loops alone (and 0.67 / - / 1.52 / - / 2.09x for the pixel-list stack in an earlier run).
+  C = 64 (D = 16), K = 16: 0.29 / 0.60 / 0.67 / 0.87 / 0.95x. C = 256 (D = 32, 64 x 64): the pixel
+  path wins at 10-30% executed (its im2col matmul is near the dense rate there) and both lose to dense
+  at 50%.
 """
 
 from __future__ import annotations
