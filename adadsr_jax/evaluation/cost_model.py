@@ -83,7 +83,7 @@ class ExecSpec:
     """What, besides the depth map, decides the work of one forward.
 
     threshold: the dense-crossover active fraction of the stack switch and the per-conv dispatcher
-    (`kernels.dispatch.threshold_for(C, C)`; for a tiled EDSR stack, `tiled_stack_plan`'s); tile: rows
+    (`kernels.dispatch.threshold_for(C, C)`; for a tiled EDSR stack, its plan's stack_dense); tile: rows
     per sparse conv tile, None for the JAX path's min(DEFAULT_TILE, max(8, pixels)), or the tile side T
     of a tiled stack; tiled_chunk: tiles per chunk when the stacks run tiled (kernels/sparse_tiles.py),
     else None; block_dense: a tiled stack's per-block dense switch (`TiledStackPlan.block_dense`).

@@ -89,8 +89,8 @@ TILED_STACKS = {32: TiledStackPlan(64, 0.5, 0.55), 64: TiledStackPlan(16, 0.5, 0
 
 
 def tiled_stack_plan(channels: int, platform: str | None = None) -> TiledStackPlan | None:
-    """The plan "auto" runs an EDSR stack of `channels` features with on `platform` (default the current
-    backend), or None where it keeps the pixel-list or Pallas path."""
+    """The plan with which "auto" runs an EDSR stack of `channels` features tiled on `platform` (default
+    the current backend), or None where it keeps the pixel-list or Pallas path."""
     platform = jax.default_backend() if platform is None else platform
     if platform == "gpu":
         return None
