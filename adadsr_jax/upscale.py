@@ -248,7 +248,12 @@ def run(args) -> list[Path]:
     others are still written, then ValueError lists the skipped files.
     """
     from adadsr_jax.checkpoint import load_model
-    from adadsr_jax.evaluation.cost_model import budget_ms_depth, load_or_calibrate, parse_budget_ms
+    from adadsr_jax.evaluation.cost_model import (
+        budget_ms_depth,
+        check_cache_path,
+        open_for_cli,
+        parse_budget_ms,
+    )
     from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
     from adadsr_jax.evaluation.runner import colorize_depth
 
@@ -262,8 +267,7 @@ def run(args) -> list[Path]:
     budget_ms = parse_budget_ms(args.budget_ms) if args.budget_ms is not None else None
     if args.repeats < 1:
         raise UserError("--repeats", f"must be >= 1, got {args.repeats}")
-    if args.cost_model and Path(args.cost_model).is_dir():
-        raise UserError(args.cost_model, "--cost-model is a folder", "give a file path, e.g. cost_model.json")
+    check_cache_path(args.cost_model)
     files = collect_inputs(args.inputs)
     source_flag = "--workdir" if args.workdir else "--checkpoint"
     require_checkpoint_dir(args.workdir or args.checkpoint, source_flag)
@@ -284,15 +288,8 @@ def run(args) -> list[Path]:
     if budget_ms is not None:
         if not model.config.adaptive:
             raise ValueError("--budget-ms needs an adaptive model; this one has no adapter (one fixed cost)")
-        if not predictor.sparse:
-            print(
-                "note: --budget-ms without --sparse times the dense forward, whose time does not depend on d"
-            )
-        cost_model, info = load_or_calibrate(
-            predictor, checkpoint_dir=args.workdir or args.checkpoint, cache_path=args.cost_model
-        )
-        where = info.path if info.path is not None else "not cached"
-        print(f"latency model ({predictor.mode} forward): {info.status}, {where}, {info.seconds:.1f} s")
+        checkpoint_dir = args.workdir or args.checkpoint
+        cost_model, _ = open_for_cli(predictor, checkpoint_dir=checkpoint_dir, cache_path=args.cost_model)
     written, failed = [], []
     for path, out in zip(files, outs, strict=True):
         try:

@@ -409,3 +409,16 @@ def test_summary_counts_budget_misses_only_among_images_that_can_fit():
     )
     run.images = run.images[:2]
     assert "1/2 measured within +10% (2 images)" in run.summary_line()
+
+
+def test_cost_model_folder_refused_before_loading(tmp_path, capsys):
+    folder = tmp_path / "caches"
+    folder.mkdir()
+    out = str(tmp_path / "out")
+    argv = ["--model", "adaedsr_tiny", "--datasets", "demo", "--budget-ms", "50", "--cost-model", str(folder)]
+    assert evaluate_main([*argv, "--output", out]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {folder}: --cost-model is a folder")
+    argv = [str(tmp_path / "none.png"), "--checkpoint", str(tmp_path / "nope"), "--out", out]
+    assert upscale_main([*argv, "--budget-ms", "50", "--cost-model", str(folder)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {folder}: --cost-model is a folder")
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adadsr_jax.cli import UserError, require_checkpoint_dir, require_dir, require_output_dir, run_cli
-from adadsr_jax.evaluation.cost_model import load_or_calibrate, parse_budget_ms
+from adadsr_jax.evaluation.cost_model import check_cache_path, open_for_cli, parse_budget_ms
 from adadsr_jax.evaluation.datasets import find_dataset
 from adadsr_jax.evaluation.inference import Predictor, parse_budget
 from adadsr_jax.evaluation.reports import write_all
@@ -126,8 +126,7 @@ def check_args(args) -> None:
         parse_budget(b)
     for b in args.budget_ms:
         parse_budget_ms(b)
-    if args.cost_model and Path(args.cost_model).is_dir():
-        raise UserError(args.cost_model, "--cost-model is a folder", "give a file path, e.g. cost_model.json")
+    check_cache_path(args.cost_model)
     if args.depths:
         _floats(args.depths, "--depths")
     for flag, value in (
@@ -231,20 +230,11 @@ def run(args) -> list[RunResult]:
 
 def _latency_model(args, predictor: Predictor):
     """The cached or freshly calibrated latency model for --budget-ms, and its description for
-    results.json (after saying on stdout what will be timed and where the model came from)."""
-    if not args.sparse:
-        print(
-            "note: --budget-ms without --sparse times the dense forward, whose time does not depend on d: "
-            "each image runs at d = D when the dense forward is predicted to fit, else at d = 0"
-        )
+    results.json."""
     if args.repeats == 0:
         print("note: --repeats 0: the time budgets' measured latency is not reported")
-    model, info = load_or_calibrate(
+    model, info = open_for_cli(
         predictor, checkpoint_dir=args.workdir or args.checkpoint, cache_path=args.cost_model
-    )
-    where = info.path if info.path is not None else "not cached"
-    print(
-        f"latency model ({predictor.mode} forward): {info.status}, {where}, {info.seconds:.1f} s", flush=True
     )
     return model, {
         "status": info.status,

@@ -508,6 +508,32 @@ def load_or_calibrate(
     return model, CacheInfo(status, written, time.perf_counter() - start)
 
 
+def check_cache_path(cache_path: str | os.PathLike | None) -> None:
+    """The command lines' --cost-model check, made before a model loads: a file path, not a folder."""
+    if cache_path and Path(cache_path).is_dir():
+        from adadsr_jax.cli import UserError
+
+        raise UserError(cache_path, "--cost-model is a folder", "give a file path, e.g. cost_model.json")
+
+
+def open_for_cli(
+    predictor: Predictor, *, checkpoint_dir: str | os.PathLike | None, cache_path: str | os.PathLike | None
+) -> tuple[CostModel, CacheInfo]:
+    """`load_or_calibrate` for evaluate.py and upscale --budget-ms, saying on stdout what will be timed
+    (a note for a dense predictor) and where the latency model came from."""
+    if not predictor.sparse:
+        print(
+            "note: --budget-ms without --sparse times the dense forward, whose time does not depend on d: "
+            "each image runs at d = D when the dense forward is predicted to fit, else at d = 0"
+        )
+    model, info = load_or_calibrate(predictor, checkpoint_dir=checkpoint_dir, cache_path=cache_path)
+    where = info.path if info.path is not None else "not cached"
+    print(
+        f"latency model ({predictor.mode} forward): {info.status}, {where}, {info.seconds:.1f} s", flush=True
+    )
+    return model, info
+
+
 # ---------------------------------------------------------------------------------------------- budget
 @dataclasses.dataclass
 class MsBudgetResult:

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 
 from adadsr_jax.kernels.layout import PaddedLayout
 
@@ -71,3 +72,20 @@ def apply_epilogue(
     if epilogue == "masked":
         return coef[:, None] * y
     raise ValueError(f"unknown epilogue {epilogue!r}")
+
+
+def conv3x3_f32(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: Literal["SAME", "VALID"]
+) -> jax.Array:
+    """XLA's stride-1 3x3 convolution + bias, accumulated and returned in float32 (the dense fallback's
+    and the tiled stack's convs): x [N, H, W, Cin], kernel [3, 3, Cin, Cout], bias [Cout] ->
+    [N, H, W, Cout] (SAME, zero padding) or [N, H - 2, W - 2, Cout] (VALID)."""
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(1, 1),
+        padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32,
+    )
+    return y + bias.astype(jnp.float32)

@@ -15,7 +15,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from adadsr_jax.kernels.contract import SparseConv, apply_epilogue
+from adadsr_jax.kernels.contract import SparseConv, apply_epilogue, conv3x3_f32
 from adadsr_jax.kernels.layout import from_padded_flat, to_padded_flat
 from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, sparse_conv3x3_jax
 from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
@@ -106,15 +106,7 @@ def dense_conv3x3_padded(conv: SparseConv) -> jax.Array:
     conv.check()
     layout = conv.layout
     x = from_padded_flat(conv.src, layout)
-    y = jax.lax.conv_general_dilated(
-        x,
-        conv.kernel.astype(x.dtype),
-        window_strides=(1, 1),
-        padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        preferred_element_type=jnp.float32,
-    ) + conv.bias.astype(jnp.float32)
-    yf = to_padded_flat(y)
+    yf = to_padded_flat(conv3x3_f32(x, conv.kernel, conv.bias, "SAME"))
     valid = jnp.arange(conv.rows.shape[0]) < conv.count
     member = jnp.zeros((layout.rows,), bool).at[conv.rows].max(valid)
     dst = conv.dst

@@ -54,6 +54,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from adadsr_jax.kernels.contract import conv3x3_f32
 from adadsr_jax.masks import executed_levels
 
 # Measured fastest at C = 32 (benchmarks/sparse_stack.py; module docstring): small tiles waste least of
@@ -167,34 +168,6 @@ def scatter_windows(
     )
 
 
-def conv_valid(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """3x3 VALID convolution + bias, float32 result: x [K, S, S, Cin] -> [K, S - 2, S - 2, Cout]."""
-    y = jax.lax.conv_general_dilated(
-        x,
-        kernel.astype(x.dtype),
-        window_strides=(1, 1),
-        padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        preferred_element_type=jnp.float32,
-    )
-    return y + bias.astype(jnp.float32)
-
-
-def conv_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """3x3 SAME convolution + bias, float32 result: x [N, H, W, Cin] -> [N, H, W, Cout]. A dense block
-    convolves the unpadded map: on the CPU, XLA's VALID convolution of the zero-bordered map took 4.5x
-    the SAME one's time at 150 x 225 x 32 (40 against 9 ms)."""
-    y = jax.lax.conv_general_dilated(
-        x,
-        kernel.astype(x.dtype),
-        window_strides=(1, 1),
-        padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        preferred_element_type=jnp.float32,
-    )
-    return y + bias.astype(jnp.float32)
-
-
 def chunk_positions(count: jax.Array, start: jax.Array, chunk: int) -> jax.Array:
     """Prefix positions start..start+chunk-1, int32 [chunk]; positions past count (> 0) repeat count - 1
     (the padding entries of the last chunk redo its last tile: identical writes)."""
@@ -243,7 +216,8 @@ def tiled_edsr_stack(
     grid = TileGrid(n, h, w, tile)
     levels, dilated = executed_levels(depth_map, num_blocks)
     order_act, counts_act = nested_tiles(tile_levels(levels[..., 0], grid), num_blocks)
-    depth_tiles = grid.per_tile(grid.pad(depth_map.astype(jnp.float32)))  # [count, T, T, 1]
+    depth = depth_map.astype(jnp.float32)
+    depth_tiles = grid.per_tile(grid.pad(depth))  # [count, T, T, 1]
     indices = jnp.arange(num_blocks, dtype=jnp.int32)
 
     order_dil, counts_dil = nested_tiles(tile_levels(dilated[..., 0], grid), num_blocks)
@@ -258,14 +232,14 @@ def tiled_edsr_stack(
         def first(ids, buffers):
             xb, hb = buffers
             image, y0, x0 = grid.corners(ids)
-            hidden = jax.nn.relu(conv_valid(gather_windows(xb, image, y0, x0, tile + 2), k0, b0))
+            hidden = jax.nn.relu(conv3x3_f32(gather_windows(xb, image, y0, x0, tile + 2), k0, b0, "VALID"))
             hidden = jnp.where(grid.inside(y0, x0, tile, 0), hidden, 0.0)
             return xb, scatter_windows(hb, hidden, image, y0 + 1, x0 + 1)
 
         def second(ids, buffers):
             xb, hb = buffers
             image, y0, x0 = grid.corners(ids)
-            res = conv_valid(gather_windows(hb, image, y0, x0, tile + 2), k1, b1)
+            res = conv3x3_f32(gather_windows(hb, image, y0, x0, tile + 2), k1, b1, "VALID")
             x_tile = gather_windows(xb, image, y0 + 1, x0 + 1, tile)
             new = _residual(x_tile, depth_tiles[ids], index, res, res_scale)
             return scatter_windows(xb, new, image, y0 + 1, x0 + 1), hb
@@ -273,8 +247,10 @@ def tiled_edsr_stack(
         def dense_block(_, buffers):
             xb, hb = buffers
             x = xb[:, 1 : 1 + h, 1 : 1 + w]
-            res = conv_same(jax.nn.relu(conv_same(x, k0, b0)), k1, b1)
-            new = _residual(x, depth_map.astype(jnp.float32), index, res, res_scale)
+            # SAME on the unpadded map: on the CPU, XLA's VALID convolution of the zero-bordered map took
+            # 4.5x the SAME one's time at 150 x 225 x 32 (40 against 9 ms).
+            res = conv3x3_f32(jax.nn.relu(conv3x3_f32(x, k0, b0, "SAME")), k1, b1, "SAME")
+            new = _residual(x, depth, index, res, res_scale)
             return jax.lax.dynamic_update_slice(xb, new, (0, 1, 1, 0)), hb
 
         count_dil, count_act = counts_dil[index], counts_act[index]
