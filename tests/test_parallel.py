@@ -72,3 +72,18 @@ def test_initialize_distributed_is_a_no_op_for_a_single_process(monkeypatch):
     assert parallel.initialize_distributed() is False
     with pytest.raises(ValueError, match="needs --coordinator"):
         parallel.initialize_distributed(num_processes=2)
+
+
+@pytest.mark.parametrize(
+    ("batch", "cores", "devices"),
+    [(16, 2, 2), (16, 3, 2), (12, 8, 6), (16, 64, 16), (7, 2, 1), (1, 64, 1), (16, 1, 1)],
+)
+def test_default_cpu_devices_is_the_largest_batch_divisor_within_the_cores(batch, cores, devices):
+    assert parallel.default_cpu_devices(batch, cores) == devices
+
+
+def test_default_cpu_devices_refuses_a_zero_batch_or_core_count():
+    with pytest.raises(ValueError, match=">= 1"):
+        parallel.default_cpu_devices(0, 2)
+    with pytest.raises(ValueError, match=">= 1"):
+        parallel.default_cpu_devices(16, 0)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from adadsr_jax import checkpoint
 from adadsr_jax.training import checkpoints as ck
+from adadsr_jax.training import parallel
 from adadsr_jax.training.config import resolve_config
 from adadsr_jax.training.logs import read_metrics
 from adadsr_jax.training.loop import NonFiniteLossError, train
@@ -180,6 +181,16 @@ def test_cli_reports_config_errors_on_stderr(tmp_path):
     assert out.returncode == 2  # the exit status of every user error (adadsr_jax.cli)
     assert out.stderr.startswith("error: unknown config fields ['train.stepz']")
     assert "Traceback" not in out.stderr
+
+
+def test_cli_splits_a_cpu_host_into_one_device_per_core_by_default(tmp_path):
+    """No --cpu_devices: as many XLA devices as the cores allow and the batch (4, configs/tiny.py) divides."""
+    out = subprocess.run(
+        train_cli(tmp_path, "--config.train.steps=1"), cwd=REPO, capture_output=True, text=True, env=ENV
+    )
+    assert out.returncode == 0, out.stderr
+    expected = parallel.default_cpu_devices(4, parallel.usable_cores())
+    assert f"for 1 steps on {expected} device(s) (1 process(es)), global batch 4" in out.stdout
 
 
 def test_two_processes_match_one_process_on_the_same_global_batch(reference, tmp_path):

@@ -29,7 +29,11 @@ _COORDINATOR = flags.DEFINE_string("coordinator", None, "Multi-host: host:port o
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", None, "CPU only: split the host into this many XLA devices (data parallel on CPU)."
+    "cpu_devices",
+    None,
+    "CPU only: split the host into this many XLA devices (data parallel on CPU). Default for a "
+    "single-process run: the largest divisor of data.batch_size that is at most the number of cores.",
+    lower_bound=1,
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -100,12 +104,18 @@ def main(argv: list[str]) -> int:
         from adadsr_jax.training.config import check_config_paths, resolve_config
 
         # Checked before JAX starts or a model is built: unknown fields, bad values, missing folders.
-        check_config_paths(resolve_config(_CONFIG.value))
+        cfg = resolve_config(_CONFIG.value)
+        check_config_paths(cfg)
         import jax
 
-        if _CPU_DEVICES.value:
-            jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
         from adadsr_jax.training import parallel
+
+        # Before any backend starts; it only shapes the CPU client, so GPU hosts are unaffected.
+        cpu_devices = _CPU_DEVICES.value
+        if cpu_devices is None and not parallel.multi_process(_COORDINATOR.value):
+            cpu_devices = parallel.default_cpu_devices(cfg.data.batch_size, parallel.usable_cores())
+        if cpu_devices is not None:
+            jax.config.update("jax_num_cpu_devices", cpu_devices)
         from adadsr_jax.training.loop import NonFiniteLossError, train
 
         try:

@@ -18,6 +18,12 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
+def multi_process(coordinator: str | None) -> bool:
+    """Whether this run is one of several processes: an explicit coordinator or a multi-task SLURM job."""
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+    return coordinator is not None or slurm
+
+
 def initialize_distributed(
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -28,8 +34,7 @@ def initialize_distributed(
     Returns True when jax.distributed was initialised. CPU collectives use gloo, so two processes on
     one machine (or CPU-only hosts) can train together; GPU collectives are unaffected by that setting.
     """
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
-    if coordinator is None and not slurm:
+    if not multi_process(coordinator):
         if num_processes not in (None, 1):
             raise ValueError("--num_processes > 1 needs --coordinator host:port (or a SLURM job)")
         return False
@@ -43,6 +48,25 @@ def initialize_distributed(
             coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
         )
     return True
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def default_cpu_devices(batch_size: int, cores: int) -> int:
+    """How many XLA devices a CPU-only training run splits the host into when --cpu_devices is not given:
+    the largest divisor of the batch that is at most the number of cores.
+
+    One XLA CPU device keeps about 1.3 of 2 cores busy on the conv-heavy train step; two devices, each
+    running its half of the batch, make the demo's step 1.5-1.7x faster on 2 cores (0.43 -> 0.25-0.30 s,
+    benchmarks/train_step.py, benchmarks/RESULTS.md). More devices than cores measured slower.
+    """
+    if batch_size < 1 or cores < 1:
+        raise ValueError(f"batch_size and cores must be >= 1, got {batch_size} and {cores}")
+    return max(n for n in range(1, min(batch_size, cores) + 1) if batch_size % n == 0)
 
 
 def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
