@@ -319,7 +319,8 @@ def run(args) -> list[Path]:
             measured = predictor.time_forward(image.rgb.astype(np.float32), np.float32(depth), args.repeats)
             late = "" if chosen.met else " (over budget even at d = 0)"
             timing = (
-                f", time budget: asked {budget_ms:g} ms, predicted {chosen.predicted_ms:.1f} ms{late}, "
+                f", time budget: asked {budget_ms:g} ms, aimed {chosen.aimed_ms:.1f} ms, "
+                f"predicted {chosen.predicted_ms:.1f} ms{late}, "
                 f"measured {measured:.1f} ms"
             )
         print(

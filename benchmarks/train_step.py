@@ -2,9 +2,11 @@
 
     python benchmarks/train_step.py --model adaedsr --scale 2 --batch 16 --patch 48 --steps 3
     python benchmarks/train_step.py --model adaedsr --compare edsr   # adapter + mask overhead
+    python benchmarks/train_step.py --model adaedsr_small --patch 32 --cpu-devices 1   # one XLA CPU device
 
 The step is the real one (loss, gradients, Adam update) on all local devices; compile time is reported
-separately and excluded from the rate.
+separately and excluded from the rate. On a CPU host the devices are split as train.py splits them
+(`parallel.default_cpu_devices`: one per core, within the batch's divisors) unless --cpu-devices pins them.
 """
 
 from __future__ import annotations
@@ -92,7 +94,10 @@ def main() -> None:
     p.add_argument("--patch", type=int, default=48)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--override", action="append", default=[], help="ModelConfig field=value (both models)")
+    p.add_argument("--cpu-devices", type=int, default=None, help="XLA CPU devices (default: as train.py)")
     args = p.parse_args()
+    cpu_devices = args.cpu_devices or parallel.default_cpu_devices(args.batch, parallel.usable_cores())
+    jax.config.update("jax_num_cpu_devices", cpu_devices)  # before the first device is used
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
     kwargs = dict(scale=args.scale, batch=args.batch, patch=args.patch, steps=args.steps, overrides=overrides)
     result = time_train_step(args.model, **kwargs)

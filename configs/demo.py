@@ -1,5 +1,5 @@
-"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); 10-12 minutes on
-2 CPU cores, ending with the held-out photo's PSNR-Y against bicubic.
+"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); about 8 minutes
+on 2 CPU cores, install included, ending with the held-out photo's PSNR-Y against bicubic.
 
 Run:
     python train.py --config configs/demo.py --workdir runs/demo

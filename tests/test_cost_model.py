@@ -251,6 +251,14 @@ def test_budget_search_picks_the_largest_d_that_fits(model):
     # Everything fits: d = D.
     high = cm.budget_ms_depth(p, UNSEEN, costs.max() + 1.0, known)
     assert (high.desired_depth, high.met) == (3.0, True)
+    assert known.margin == 0.0 and found.aimed_ms == target  # no calibration record: no headroom
+    # A model whose calibration fit was 10% off (rms) keeps 10% under T: it fits T / 1.1.
+    unsure = cm.CostModel(known.spec, TRUE, calibration={"rms_rel_error": 0.1})
+    careful = cm.budget_ms_depth(p, UNSEEN, target, unsure)
+    assert careful.aimed_ms == pytest.approx(target / 1.1)
+    assert careful.predicted_ms == predicted(careful.desired_depth) <= careful.aimed_ms
+    assert predicted(careful.desired_depth + eps) > careful.aimed_ms
+    assert careful.desired_depth < found.desired_depth
     assert calls == [0]
 
 
@@ -390,7 +398,11 @@ def test_evaluate_and_upscale_budget_ms(tmp_path, capsys):
     stdout = capsys.readouterr().out
     want = cm.budget_ms_depth(p, CROPS[0], 2.0, known)
     assert f"latency model (sparse forward): cached, {ckpt / 'cost_model.json'}" in stdout
-    assert f"time budget: asked 2 ms, predicted {want.predicted_ms:.1f} ms" in stdout
+    assert (
+        f"time budget: asked 2 ms, aimed {want.aimed_ms:.1f} ms, predicted {want.predicted_ms:.1f} ms"
+        in stdout
+    )
+    assert f"so each time budget T aims at T / {1 + known.margin:.3f}" in stdout
     assert "measured " in stdout and (tmp_path / "sr" / "in_x2.png").is_file()
 
 
@@ -405,7 +417,7 @@ def test_summary_counts_budget_misses_only_among_images_that_can_fit():
     run.images = [image(105.0, True), image(111.0, True), image(140.0, False)]
     assert run.summary_line().endswith(
         "time budget: asked 100 ms, predicted n/a, measured 118.7 ms, 1/2 measured within +10% "
-        "(1 over T even at d = 0) (3 images)"
+        "(1 predicted over the aim even at d = 0) (3 images)"
     )
     run.images = run.images[:2]
     assert "1/2 measured within +10% (2 images)" in run.summary_line()

@@ -177,15 +177,15 @@ class RunResult:
         m = self.mean()
         predicted = "n/a" if m["predicted_ms"] is None else f"{m['predicted_ms']:.1f} ms"
         measured = "n/a" if m["latency_ms"] is None else f"{m['latency_ms']:.1f} ms"
-        # An image whose d = 0 is predicted over T (budget_met False) cannot fit T at any d: it is counted
-        # apart, not as a miss of the latency model.
+        # An image whose d = 0 is predicted over the aim (budget_met False; cost_model.budget_ms_depth)
+        # cannot fit at any d: it is counted apart, not as a miss of the latency model.
         timed = [r for r in self.images if r.latency_ms is not None]
         feasible = [r.latency_ms for r in timed if r.budget_met is not False]
         within = ""
         if timed:
             within = f", {within_budget(feasible, target)}/{len(feasible)} measured within +10%"
             if len(feasible) < len(timed):
-                within += f" ({len(timed) - len(feasible)} over T even at d = 0)"
+                within += f" ({len(timed) - len(feasible)} predicted over the aim even at d = 0)"
         return f"; time budget: asked {target:g} ms, predicted {predicted}, measured {measured}{within}"
 
     def metric_pairs(self, prefix: str = "val") -> Iterator[tuple[str, float]]:
