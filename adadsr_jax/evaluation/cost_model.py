@@ -584,7 +584,8 @@ def budget_ms_depth(
 
     The margin is the model's own rms error on its calibration: a prediction aimed exactly at T lands
     over T about half the time, and over 1.1 T whenever timing noise and model error add up to 10%
-    (on the demo model, 2-core CPU: 14 of 24 images within +10% without it, docs/adaptive_inference.md).
+    (on the demo model, 2-core CPU: 14 of 24 (image, T) pairs within +10% without it, 19 of 20 with it;
+    docs/evaluation.md).
 
     Every evaluation predicts from depth maps of the head conv and adapter alone; the full network runs
     only in the caller's predict at the found d. The predicted time grows with d while the stacks run
