@@ -163,6 +163,25 @@ def test_pixel_shuffle_matches_pytorch_definition():
         np.testing.assert_array_equal(np.asarray(pixel_shuffle(jnp.asarray(c), r)), np_pixel_shuffle(c, r))
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_folded_upsampler_and_tail_equal_the_float64_reference(scale):
+    """upsample_and_tail (the last upsampler conv and the tail folded into one LR conv, the border ring
+    recomputed) against conv -> shuffle -> ... -> HR tail conv in float64, on maps down to 1 x 1."""
+    from adadsr_jax.models.layers import Conv, Upsampler, upsample_and_tail
+
+    up, tail = Upsampler(6, scale, rngs=nnx.Rngs(1)), Conv(6, 3, rngs=nnx.Rngs(2))
+    rng = np.random.default_rng(scale)
+    for h, w in [(1, 1), (2, 5), (3, 3), (4, 7), (9, 6)]:
+        x = rng.normal(size=(2, h, w, 6)).astype(np.float32)
+        ref = x.astype(np.float64)
+        for conv, r in zip(up.convs, up.factors, strict=True):
+            ref = np_pixel_shuffle(np_conv(ref, np.float64(conv.kernel[...]), np.float64(conv.bias[...])), r)
+        ref = np_conv(ref, np.float64(tail.kernel[...]), np.float64(tail.bias[...]))
+        out = np.asarray(upsample_and_tail(up, tail, jnp.asarray(x)), np.float64)
+        assert out.shape == ref.shape == (2, scale * h, scale * w, 3)
+        assert np.abs(out - ref).max() < 1e-5 * np.abs(ref).max(), (h, w)
+
+
 def test_depth_maps_nonnegative_and_output_scaling_is_linear(photo_lr):
     model = make_model("adaedsr_tiny", 2, last_bias=0.3)
     _, aux1 = model(jnp.asarray(photo_lr), desired_depth=1.5)

@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 # DIV2K RGB mean on the 0..255 scale; subtracted at the head, added back at the tail (never trained).
@@ -155,3 +156,75 @@ class Upsampler(nnx.Module):
         for conv, r in zip(self.convs, self.factors, strict=True):
             x = pixel_shuffle(conv(x), r)
         return x
+
+
+def _tap_to_subpixel(factor: int) -> np.ndarray:
+    """sel[t, a, i, d] = 1 where HR offset d - 1 from sub-pixel i lands on LR offset t - 1, sub-pixel a."""
+    r = factor
+    sel = np.zeros((3, r, r, 3), np.float32)
+    for i in range(r):
+        for d in range(3):
+            t, a = divmod(i + d - 1, r)
+            sel[t + 1, a, i, d] = 1.0
+    return sel
+
+
+def shuffled_conv_kernel(kernel: jax.Array, factor: int) -> jax.Array:
+    """The 3x3 kernel that, run before `pixel_shuffle(., factor)`, gives what `kernel` gives after it.
+
+    conv(pixel_shuffle(x, r), kernel) == pixel_shuffle(conv(x, K), r) with SAME zero padding on both
+    sides (an HR neighbour of any sub-pixel is at LR offset -1, 0 or 1; one off the HR image is off the
+    LR image too). kernel: [3, 3, C, O] -> K [3, 3, C * r * r, O * r * r], channels in pixel_shuffle's
+    (PyTorch's) order; r * r - 1 of every r * r entries per tap are zero.
+    """
+    sel = jnp.asarray(_tap_to_subpixel(factor), kernel.dtype)
+    c, o = kernel.shape[2], kernel.shape[3]
+    k = jnp.einsum("yaip,xbjq,pqco->yxcaboij", sel, sel, kernel)
+    return k.reshape(3, 3, c * factor * factor, o * factor * factor)
+
+
+def composed_kernel(first: jax.Array, second: jax.Array) -> jax.Array:
+    """The 5x5 kernel of two 3x3 convolutions in a row, [3, 3, A, B] then [3, 3, B, C] -> [5, 5, A, C].
+
+    Equal to the two SAME convolutions away from the border; at the 1-pixel border ring the first conv's
+    output is zero-padded in the second, which the composition cannot see (`upsample_and_tail`).
+    """
+    sums = np.zeros((5, 3, 3), np.float32)
+    for u in range(3):
+        for v in range(3):
+            sums[u + v, u, v] = 1.0
+    sums = jnp.asarray(sums, first.dtype)
+    return jnp.einsum("puv,qwx,uwab,vxbc->pqac", sums, sums, first, second)
+
+
+def upsample_and_tail(up: Upsampler, tail: Conv, x: jax.Array) -> jax.Array:
+    """tail(up(x)): [N, h, w, C] -> [N, s*h, s*w, O], computed at LR resolution.
+
+    The tail conv moves before the last pixel shuffle (`shuffled_conv_kernel`) and folds into the last
+    upsampler conv as one 5x5 conv (`composed_kernel`; the upsampler has no activation); the border ring,
+    where the composition differs, is recomputed the two-conv way on 3-pixel strips. The same sums in
+    another order, with fewer MACs than the architecture's count (`adadsr_jax.macs` reports the latter).
+    On 2 CPU cores, `adaedsr_small` x2: the forward on chelsea at d = 0 (head, adapter, upsampler, tail)
+    took 42 instead of 56 ms (`benchmarks/demo_depth_sweep.py`), a train step 0.20-0.23 instead of 0.31 s
+    (`benchmarks/train_step.py`); the upsampler conv + shuffle + HR tail conv alone, 150 x 225 LR: 8 ms
+    folded (plus the strips) against 41 ms.
+    """
+    for conv, r in zip(up.convs[:-1], up.factors[:-1], strict=True):
+        x = pixel_shuffle(conv(x), r)
+    last, r = up.convs[-1], up.factors[-1]
+    tail_lr = shuffled_conv_kernel(tail.kernel[...], r)
+    _, h, w, _ = x.shape
+
+    def two_convs(strip: jax.Array) -> jax.Array:
+        return conv2d(last(strip), tail_lr)
+
+    if h < 3 or w < 3:  # (not min(h, w): jax.export cannot order two symbolic sizes)
+        y = two_convs(x)
+    else:
+        folded_bias = jnp.einsum("n,vxnz->z", last.bias[...], tail_lr)
+        y = conv2d(x, composed_kernel(last.kernel[...], tail_lr), folded_bias)
+        y = y.at[:, :1].set(two_convs(x[:, :3])[:, :1])
+        y = y.at[:, -1:].set(two_convs(x[:, -3:])[:, -1:])
+        y = y.at[:, :, :1].set(two_convs(x[:, :, :3])[:, :, :1])
+        y = y.at[:, :, -1:].set(two_convs(x[:, :, -3:])[:, :, -1:])
+    return pixel_shuffle(y, r) + tail.bias[...].astype(y.dtype)

@@ -10,7 +10,7 @@ from adadsr_jax.masks import mean_executed_depth
 from adadsr_jax.models.adapter import Adapter
 from adadsr_jax.models.config import ModelConfig, get_model_config
 from adadsr_jax.models.edsr import EDSRBody
-from adadsr_jax.models.layers import DIV2K_RGB_MEAN, Conv, Upsampler
+from adadsr_jax.models.layers import DIV2K_RGB_MEAN, Conv, Upsampler, upsample_and_tail
 from adadsr_jax.models.rcan import RCANBody
 
 
@@ -99,7 +99,7 @@ class AdaDSR(nnx.Module):
         depth_map = self.depth_map(z0, desired_depth) if use_adapter else None
         body = self.body(z0, depth_map, sparse_backend=sparse_backend if sparse else None)
         z = z0 + self.body_lastconv(body)
-        sr = self.tail(self.up(z)) + mean
+        sr = upsample_and_tail(self.up, self.tail, z) + mean
 
         if depth_map is None:
             n, h, w, _ = lr.shape
