@@ -285,8 +285,13 @@ def forward_timer(predictor: Predictor, repeats: int = 1) -> Timer:
 
 
 def calibration_images(scale: int) -> list[np.ndarray]:
-    """The calibration inputs: the demo photo's LR at `scale` (150 x 225 at x2) and its centre crop at
-    half the side, uint8 [h, w, 3]. A smooth synthetic image stands in when the photo is not installed."""
+    """The calibration inputs, uint8 [h, w, 3]: the demo photo's LR at `scale` (150 x 225 at x2), its
+    centre crop at half the side, and the photo beside its mirror image (twice the area, 150 x 450). A
+    smooth synthetic image stands in when the photo is not installed.
+
+    Three sizes because the time per pixel is not constant: measured on 2 CPU cores (adaedsr_small x2,
+    the upsampler folded into the tail), 240 x 240 photos took 1.1-1.7x (mostly 1.2-1.4x) the time
+    a fit on the two smaller images alone predicted: the time per pixel grows with the image."""
     try:
         from adadsr_jax.data import demo_source
 
@@ -296,7 +301,8 @@ def calibration_images(scale: int) -> list[np.ndarray]:
         photo = (127 + 100 * np.sin(np.stack([xx / 9.0, yy / 13.0, (xx + yy) / 17.0], -1))).astype(np.uint8)
     h, w = photo.shape[:2]
     y0, x0 = h // 4, w // 4
-    return [np.ascontiguousarray(photo[y0 : y0 + h // 2, x0 : x0 + w // 2]), photo]
+    crop = np.ascontiguousarray(photo[y0 : y0 + h // 2, x0 : x0 + w // 2])
+    return [crop, photo, np.concatenate([photo, photo[:, ::-1]], axis=1)]
 
 
 def calibration_depths(counter: AdapterCosts, spec: ExecSpec, max_depth: int, count: int = 6) -> list[float]:
