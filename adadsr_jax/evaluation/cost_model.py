@@ -289,9 +289,9 @@ def calibration_images(scale: int) -> list[np.ndarray]:
     centre crop at half the side, and the photo beside its mirror image (twice the area, 150 x 450). A
     smooth synthetic image stands in when the photo is not installed.
 
-    Three sizes because the time per pixel is not constant: measured on 2 CPU cores (adaedsr_small x2,
-    the upsampler folded into the tail), 240 x 240 photos took 1.1-1.7x (mostly 1.2-1.4x) the time
-    a fit on the two smaller images alone predicted: the time per pixel grows with the image."""
+    Three sizes so that the fit interpolates over the sizes users run instead of extrapolating: measured
+    on 2 CPU cores (adaedsr_small x2, the upsampler folded into the tail), 240 x 240 photos took 1.1-1.7x
+    (mostly 1.2-1.4x) the time a fit on the two smaller images alone predicted."""
     try:
         from adadsr_jax.data import demo_source
 
