@@ -317,7 +317,7 @@ def run(args) -> list[Path]:
         if chosen is not None:
             # Timed after the prediction (its compile), the inputs already on the device, as evaluate.py.
             measured = predictor.time_forward(image.rgb.astype(np.float32), np.float32(depth), args.repeats)
-            late = "" if chosen.met else " (over budget even at d = 0)"
+            late = "" if chosen.met else " (predicted over the aim even at d = 0)"
             timing = (
                 f", time budget: asked {budget_ms:g} ms, aimed {chosen.aimed_ms:.1f} ms, "
                 f"predicted {chosen.predicted_ms:.1f} ms{late}, "

@@ -69,8 +69,10 @@ from adadsr_jax.masks import executed_levels
 from adadsr_jax.models import ModelConfig
 
 SCHEMA = "adadsr-cost-model/1"
-# Bump when the executed code paths change (e.g. a new sparse stack kernel): old caches then recalibrate.
-FEATURES_VERSION = 3
+# Bump when the executed code paths or the calibration change (e.g. a new sparse stack kernel): old
+# caches then recalibrate. 4: the upsampler folded into the tail (models.layers.upsample_and_tail), the
+# third calibration size.
+FEATURES_VERSION = 4
 CACHE_NAME = "cost_model.json"
 
 Timer = Callable[[np.ndarray, float], float]

@@ -206,8 +206,7 @@ def upsample_and_tail(up: Upsampler, tail: Conv, x: jax.Array) -> jax.Array:
     another order, with fewer MACs than the architecture's count (`adadsr_jax.macs` reports the latter).
     On 2 CPU cores, `adaedsr_small` x2: the forward on chelsea at d = 0 (head, adapter, upsampler, tail)
     took 42 instead of 56 ms (`benchmarks/demo_depth_sweep.py`), a train step 0.20-0.23 instead of 0.31 s
-    (`benchmarks/train_step.py`); the upsampler conv + shuffle + HR tail conv alone, 150 x 225 LR: 8 ms
-    folded (plus the strips) against 41 ms.
+    (`benchmarks/train_step.py`).
     """
     for conv, r in zip(up.convs[:-1], up.factors[:-1], strict=True):
         x = pixel_shuffle(conv(x), r)

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
 
         try:
             parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-            train(_CONFIG.value, _WORKDIR.value)
+            train(cfg, _WORKDIR.value)
         except NonFiniteLossError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_RUN_FAILED

@@ -61,8 +61,8 @@ def default_cpu_devices(batch_size: int, cores: int) -> int:
     the largest divisor of the batch that is at most the number of cores.
 
     One XLA CPU device keeps about 1.3 of 2 cores busy on the conv-heavy train step; two devices, each
-    running its half of the batch, make the demo's step 1.5-1.7x faster on 2 cores (0.43 -> 0.25-0.30 s,
-    benchmarks/train_step.py, benchmarks/RESULTS.md). More devices than cores measured slower.
+    running its half of the batch, make the demo's step 1.5-1.7x faster on 2 cores (0.46-0.50 -> 0.28-0.30 s,
+    benchmarks/train_step.py, docs/training.md). More devices than cores measured slower.
     """
     if batch_size < 1 or cores < 1:
         raise ValueError(f"batch_size and cores must be >= 1, got {batch_size} and {cores}")
