@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--tiled",
-        nargs="+",
+        nargs="*",
         default=["4:64:0.5", "4:16:0.5"],
-        help="T:K[:F] (tile, chunk, dense block fraction)",
+        help="T:K[:F] (tile, chunk, dense block fraction); none after the flag: no tiled stack",
     )
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     p.add_argument("--reps", type=int, default=5)

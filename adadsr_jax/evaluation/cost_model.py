@@ -8,8 +8,9 @@ for that depth map (`forward_features`, a pure function of the map and an `ExecS
                        conversions, the per-block soft masks), plus the head, adapter, body-end conv,
                        upsampler and tail, which cost per pixel whatever the stack does;
   sparse_rows          rows the pixel-list convs compute: per conv (first on the 3x3-dilated set, second
-                       on the active set) its active count rounded up to whole tiles, as the JAX path
-                       walks it (`sparse_conv3x3_jax`; the Pallas kernel's `block_rows` on a GPU);
+                       on the active set) its active count rounded up as the JAX path walks it (whole
+                       tiles, then whole tail tiles: `sparse_conv_jax.computed_rows`), or to the Pallas
+                       kernel's `block_rows` on a GPU;
                        for a tiled EDSR stack (CPU, <= 64 features), the pixels of the T x T tiles its
                        two loops per block compute, rounded up to whole chunks of tiles;
   dense_conv_pixels    LR pixels of the convs that the per-conv dispatcher switches to XLA's dense conv
@@ -61,7 +62,7 @@ from adadsr_jax.evaluation.inference import AdapterCosts, Predictor, search_dept
 from adadsr_jax.kernels.dispatch import threshold_for, tiled_stack_plan, uses_pallas
 from adadsr_jax.kernels.layout import prefix_counts
 from adadsr_jax.kernels.plan import use_dense_stack
-from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE
+from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, computed_rows, tile_sizes
 from adadsr_jax.kernels.sparse_conv_pallas import sparse_conv3x3_pallas
 from adadsr_jax.kernels.sparse_tiles import DEFAULT_TILE as TILE_SIDE
 from adadsr_jax.kernels.sparse_tiles import TileGrid, tile_levels
@@ -71,8 +72,9 @@ from adadsr_jax.models import ModelConfig
 SCHEMA = "adadsr-cost-model/1"
 # Bump when the executed code paths or the calibration change (e.g. a new sparse stack kernel): old
 # caches then recalibrate. 4: the upsampler folded into the tail (models.layers.upsample_and_tail), the
-# third calibration size.
-FEATURES_VERSION = 4
+# third calibration size. 5: the pixel-list path's tail tiles, 3-row gathers and loop switch to the
+# dense conv; the folded tail's border ring.
+FEATURES_VERSION = 5
 CACHE_NAME = "cost_model.json"
 
 Timer = Callable[[np.ndarray, float], float]
@@ -86,7 +88,7 @@ class ExecSpec:
 
     threshold: the dense-crossover active fraction of the stack switch and the per-conv dispatcher
     (`kernels.dispatch.threshold_for(C, C)`; for a tiled EDSR stack, its plan's stack_dense); tile: rows
-    per sparse conv tile, None for the JAX path's min(DEFAULT_TILE, max(8, pixels)), or the tile side T
+    per sparse conv tile, None for the JAX path's `tile_sizes(DEFAULT_TILE, pixels)`, or the tile side T
     of a tiled stack; tiled_chunk: tiles per chunk when the stacks run tiled (kernels/sparse_tiles.py),
     else None; block_dense: a tiled stack's per-block dense switch (`TiledStackPlan.block_dense`).
     """
@@ -158,7 +160,8 @@ def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
     if not spec.sparse:
         return np.array([1.0, float(pixels)])
     d = spec.num_blocks
-    tile = spec.tile if spec.tile is not None else min(DEFAULT_TILE, max(8, pixels))
+    # The JAX path's tiles and tails, or the Pallas kernel's one tile size.
+    list_tiles = tile_sizes(DEFAULT_TILE, pixels) if spec.tile is None else (spec.tile, spec.tile)
     conv_limit = int(spec.threshold * pixels) if spec.threshold < 1.0 else None
     sparse_px = rows = dense_conv_px = dense_px = active_px = 0.0
     # The definitions the kernels use: executed levels and their dilation, the stack switch, list counts.
@@ -184,7 +187,7 @@ def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
         counts = np.concatenate([_counts(dilated, d), _counts(levels, d)])
         dense = counts > conv_limit if conv_limit is not None else np.zeros(counts.shape, bool)
         dense_conv_px += pixels * float(dense.sum())
-        rows += float((-(-counts[~dense] // tile) * tile).sum())
+        rows += float(computed_rows(counts[~dense], *list_tiles).sum())
         active_px += pixels * float((_counts(levels, d) > 0).sum())
     values = {
         "forwards": 1.0,

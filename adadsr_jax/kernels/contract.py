@@ -2,7 +2,7 @@
 
 The JAX path, the Pallas kernel, the dense fallback and the dispatcher all take one `SparseConv` (a
 pytree: its arrays are leaves, its layout and epilogue static), so the contract is written once, here,
-and a `lax.cond` between implementations passes it through unchanged.
+and the dispatcher passes it between implementations unchanged.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 `sparse_conv3x3(..., backend="auto")` picks the Pallas Triton kernel on a GPU backend (when the channel
 counts suit Triton), the pure-JAX tiled path otherwise, and, at run time inside the compiled program,
-the plain dense convolution when the active fraction is above `dense_threshold` (a `lax.cond`, so the
-choice never recompiles). `backend="pallas" | "jax" | "dense"` forces one implementation.
+the plain dense convolution when the active fraction is above `dense_threshold` (a run-time switch, so
+the choice never recompiles). `backend="pallas" | "jax" | "dense"` forces one implementation.
 """
 
 from __future__ import annotations
@@ -150,4 +150,15 @@ def sparse_conv3x3(
     if threshold >= 1.0:
         return sparse_impl(conv)
     use_dense = conv.count > int(threshold * conv.layout.pixels)
-    return jax.lax.cond(use_dense, dense_conv3x3_padded, sparse_impl, conv)
+    # Not a lax.cond: under a cond XLA copied dst in and out of the branches, a cost per conv whether or
+    # not any pixel is active (kernels/README.md). The sparse loops run no trip when the dense conv
+    # runs, and the dense conv is a loop of 0 or 1 trips, so dst is updated in place. The barrier ties
+    # src to the loop's carry: XLA would otherwise hoist the dense conv of the loop-invariant src out of
+    # the loop and run it whatever the trip count.
+    dst = sparse_impl(dataclasses.replace(conv, count=jnp.where(use_dense, 0, conv.count)))
+
+    def dense(_, dst: jax.Array) -> jax.Array:
+        src, dst = jax.lax.optimization_barrier((conv.src, dst))
+        return dense_conv3x3_padded(dataclasses.replace(conv, src=src, dst=dst))
+
+    return jax.lax.fori_loop(0, use_dense.astype(jnp.int32), dense, dst)

@@ -1,34 +1,57 @@
 """Pure-JAX sparse 3x3 convolution on the padded flat layout (the CPU fast path and the test oracle).
 
-The active list is walked in tiles of `tile` rows by a while loop whose trip count is ceil(count / tile)
-at run time: every tile has a static shape (gather 9 taps -> im2col [tile, 9 * Cin] -> one matmul ->
-epilogue -> scatter), so nothing recompiles when the number of active pixels changes, and the work done
-is proportional to the active count (rounded up to a tile), not to the list's static capacity. Tiling
-also keeps the im2col buffer small enough to stay in cache: materialising it for a whole 256x256 map
-costs more memory time than the matmul itself.
+The active list is walked in tiles of `tile` rows by a while loop whose trip count is count // tile at
+run time, and its last partial tile by a second loop over tiles of `tail` rows: every tile has a static
+shape (gather 9 taps -> im2col [tile, 9 * Cin] -> one matmul -> epilogue -> scatter), so nothing
+recompiles when the number of active pixels changes, and the work done is the active count rounded up
+to `tail` rows, not the list's static capacity. Tiling also keeps the im2col buffer small enough to
+stay in cache: materialising it for a whole 256x256 map costs more memory time than the matmul itself.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from adadsr_jax.kernels.contract import SparseConv, apply_epilogue
 from adadsr_jax.kernels.layout import PaddedLayout
 
-DEFAULT_TILE = 512
+DEFAULT_TILE = 256
+# The last partial tile runs in tiles of this many rows: with one tile size for both, a block whose
+# list ends 10 rows into a tile computed 246 padding rows, and the deep blocks of a stack hold few rows
+# (benchmarks/RESULTS.md, "Pixel lists at 256 features").
+TAIL_TILE = 32
+
+
+def tile_sizes(tile: int, capacity: int) -> tuple[int, int]:
+    """(tile, tail) rows of the two loops for a list of `capacity` entries: tile capped at the capacity
+    (at least 8 rows), tail = min(TAIL_TILE, tile), and tile a multiple of tail."""
+    tile = min(tile, max(8, capacity))
+    tail = min(TAIL_TILE, tile)
+    return -(-tile // tail) * tail, tail
+
+
+def computed_rows(count: np.ndarray, tile: int, tail: int) -> np.ndarray:
+    """Rows the two loops compute for lists of `count` entries: whole tiles, then whole tails."""
+    count = np.asarray(count, np.int64)
+    full = count // tile * tile
+    return full + -(-(count - full) // tail) * tail
 
 
 def gather_taps(src: jax.Array, r: jax.Array, layout: PaddedLayout) -> jax.Array:
     """im2col rows [T, 9 * Cin] (HWIO tap order) of padded flat rows r [T] of src [P, Cin].
 
-    Nine plain row gathers, concatenated. Measured on CPU (benchmarks/RESULTS.md) against one gather
-    of [T, 9] indices and against three gathers of 3-pixel slices: gather + matmul is 30-35% faster this
-    way, as XLA lowers each [T]-row gather to contiguous row copies.
+    Per kernel row dy, one gather of 3 consecutive flat rows (the taps dx = -1, 0, 1 are adjacent in the
+    padded flat layout), the three concatenated: three row copies of 3 * Cin values per pixel instead
+    of nine of Cin (benchmarks/RESULTS.md, "Pixel lists at 256 features").
     """
-    return jnp.concatenate(
-        [src.at[r + int(off)].get(mode="promise_in_bounds") for off in layout.tap_offsets()], axis=1
-    )
+    s = layout.row_stride
+
+    def three_rows(start: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice_in_dim(src, start, 3).reshape(-1)
+
+    return jnp.concatenate([jax.vmap(three_rows)(r + dy * s - 1) for dy in (-1, 0, 1)], axis=1)
 
 
 def sparse_conv3x3_jax(conv: SparseConv, *, tile: int = DEFAULT_TILE) -> jax.Array:
@@ -37,7 +60,7 @@ def sparse_conv3x3_jax(conv: SparseConv, *, tile: int = DEFAULT_TILE) -> jax.Arr
     cin, cout = conv.channels
     layout, count = conv.layout, conv.count
     k = conv.rows.shape[0]
-    tile = min(tile, max(8, k))
+    tile, tail = tile_sizes(tile, k)
     # Pad the list to whole tiles; padding entries gather from the safe row and are never written.
     padded = -(-k // tile) * tile
     rows = jnp.pad(conv.rows, (0, padded - k), constant_values=layout.safe_row)
@@ -46,23 +69,27 @@ def sparse_conv3x3_jax(conv: SparseConv, *, tile: int = DEFAULT_TILE) -> jax.Arr
     bias = conv.bias.astype(jnp.float32)
     p = conv.dst.shape[0]
 
-    def body(t, dst):
-        start = t * tile
-        r = jax.lax.dynamic_slice_in_dim(rows, start, tile)
-        valid = start + jnp.arange(tile, dtype=jnp.int32) < count
-        r = jnp.where(valid, r, layout.safe_row)
-        taps = gather_taps(conv.src, r, layout)
-        y = jnp.dot(taps.astype(compute), w, preferred_element_type=jnp.float32) + bias
-        dst_rows = None
-        if conv.epilogue == "residual":
-            dst_rows = dst.at[r].get(mode="promise_in_bounds").astype(jnp.float32)
-        coef = (
-            None if conv.coef is None else conv.coef.at[r].get(mode="promise_in_bounds").astype(jnp.float32)
-        )
-        out = apply_epilogue(y, conv.epilogue, dst_rows, coef).astype(dst.dtype)
-        # Padding entries get distinct out-of-bounds targets, which mode="drop" discards.
-        target = jnp.where(valid, r, p + jnp.arange(tile, dtype=jnp.int32))
-        return dst.at[target].set(out, mode="drop", unique_indices=True)
+    def tiles_of(size: int, first: jax.Array):
+        def body(t, dst):
+            start = first + t * size
+            r = jax.lax.dynamic_slice_in_dim(rows, start, size)
+            valid = start + jnp.arange(size, dtype=jnp.int32) < count
+            r = jnp.where(valid, r, layout.safe_row)
+            taps = gather_taps(conv.src, r, layout)
+            y = jnp.dot(taps.astype(compute), w, preferred_element_type=jnp.float32) + bias
+            dst_rows = None
+            if conv.epilogue == "residual":
+                dst_rows = dst.at[r].get(mode="promise_in_bounds").astype(jnp.float32)
+            coef = None
+            if conv.coef is not None:
+                coef = conv.coef.at[r].get(mode="promise_in_bounds").astype(jnp.float32)
+            out = apply_epilogue(y, conv.epilogue, dst_rows, coef).astype(dst.dtype)
+            # Padding entries get distinct out-of-bounds targets, which mode="drop" discards.
+            target = jnp.where(valid, r, p + jnp.arange(size, dtype=jnp.int32))
+            return dst.at[target].set(out, mode="drop", unique_indices=True)
 
-    trips = (count + tile - 1) // tile
-    return jax.lax.fori_loop(0, trips, body, conv.dst)
+        return body
+
+    done = count // tile * tile
+    dst = jax.lax.fori_loop(0, count // tile, tiles_of(tile, jnp.int32(0)), conv.dst)
+    return jax.lax.fori_loop(0, (count - done + tail - 1) // tail, tiles_of(tail, done), dst)
