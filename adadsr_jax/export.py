@@ -70,8 +70,7 @@ def export_stablehlo(
 ) -> jax.export.Exported:
     """jax.export of `inference_fn(model)` for `platforms`.
 
-    shape=None leaves N, h, w symbolic (one artifact for every batch and every image of at least 3 x 3
-    LR pixels); the sparse path
+    shape=None leaves N, h, w symbolic (one artifact for every batch and image size); the sparse path
     needs fixed sizes: it picks its tile size and index-list lengths from the pixel count in Python,
     which a symbolic N*h*w cannot answer, so shape=(N, h, w) is required with sparse=True.
     """
@@ -81,8 +80,7 @@ def export_stablehlo(
             "come from the pixel count); add --shape N,h,w, or export the dense path"
         )
     if shape is None:
-        # The folded upsampler + tail (models.layers.upsample_and_tail) reads 3-pixel border strips.
-        n, h, w = jax.export.symbolic_shape("N, h, w", constraints=("h >= 3", "w >= 3"))
+        n, h, w = jax.export.symbolic_shape("N, h, w")
     else:
         n, h, w = shape
     args = (jax.ShapeDtypeStruct((n, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))

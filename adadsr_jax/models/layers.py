@@ -197,33 +197,56 @@ def composed_kernel(first: jax.Array, second: jax.Array) -> jax.Array:
     return jnp.einsum("puv,qwx,uwab,vxbc->pqac", sums, sums, first, second)
 
 
+def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 VALID convolution, no bias: x [N, H, W, Cin], kernel [kh, kw, Cin, Cout] ->
+    [N, H - kh + 1, W - kw + 1, Cout]."""
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _outside_ring(x: jax.Array, conv: Conv) -> jax.Array:
+    """`conv` (3x3, zero padding) evaluated on the ring of positions one pixel outside x [N, h, w, C]:
+    [N, h + 2, w + 2, O], zero inside the ring. Outside the image only the taps that reach its first or
+    last row or column see non-zero input, so each side is a 1x3 or 3x1 conv of that row or column."""
+    k, b = conv.kernel[...], conv.bias[...].astype(x.dtype)
+    n, h, w, _ = x.shape
+    top = _conv_valid(jnp.pad(x[:, :1], ((0, 0), (0, 0), (2, 2), (0, 0))), k[2:3]) + b
+    bottom = _conv_valid(jnp.pad(x[:, -1:], ((0, 0), (0, 0), (2, 2), (0, 0))), k[0:1]) + b
+    left = _conv_valid(jnp.pad(x[:, :, :1], ((0, 0), (1, 1), (0, 0), (0, 0))), k[:, 2:3]) + b
+    right = _conv_valid(jnp.pad(x[:, :, -1:], ((0, 0), (1, 1), (0, 0), (0, 0))), k[:, 0:1]) + b
+    ring = jnp.zeros((n, h + 2, w + 2, k.shape[-1]), x.dtype)
+    ring = ring.at[:, :1].set(top).at[:, -1:].set(bottom)
+    return ring.at[:, 1:-1, :1].set(left).at[:, 1:-1, -1:].set(right)
+
+
 def upsample_and_tail(up: Upsampler, tail: Conv, x: jax.Array) -> jax.Array:
     """tail(up(x)): [N, h, w, C] -> [N, s*h, s*w, O], computed at LR resolution.
 
     The tail conv moves before the last pixel shuffle (`shuffled_conv_kernel`) and folds into the last
-    upsampler conv as one 5x5 conv (`composed_kernel`; the upsampler has no activation); the border ring,
-    where the composition differs, is recomputed the two-conv way on 3-pixel strips. The same sums in
-    another order, with fewer MACs than the architecture's count (`adadsr_jax.macs` reports the latter).
+    upsampler conv as one 5x5 conv (`composed_kernel`; the upsampler has no activation). The 5x5 conv
+    sees the upsampler's output extended one pixel past the border, where the tail of the two-conv
+    network reads zero padding: on the 1-pixel border ring, that extension's contribution (the
+    upsampler conv on the outer ring, `_outside_ring`, through the tail taps that reach it) is
+    subtracted. The same sums in another order, with fewer MACs than the architecture's count
+    (`adadsr_jax.macs` reports the latter). Any map size, down to 1 x 1.
     On 2 CPU cores, `adaedsr_small` x2: the forward on chelsea at d = 0 (head, adapter, upsampler, tail)
-    took 42 instead of 56 ms (`benchmarks/demo_depth_sweep.py`), a train step 0.20-0.23 instead of 0.31 s
-    (`benchmarks/train_step.py`).
+    took 42 instead of 56 ms with the fold (`benchmarks/demo_depth_sweep.py`), a train step 0.20-0.23
+    instead of 0.31 s (`benchmarks/train_step.py`). The ring costs one 1x3 or 3x1 upsampler conv per
+    side, a ninth of the MACs of the 3-pixel border strips that an earlier version recomputed the
+    two-conv way.
     """
     for conv, r in zip(up.convs[:-1], up.factors[:-1], strict=True):
         x = pixel_shuffle(conv(x), r)
     last, r = up.convs[-1], up.factors[-1]
     tail_lr = shuffled_conv_kernel(tail.kernel[...], r)
-    _, h, w, _ = x.shape
-
-    def two_convs(strip: jax.Array) -> jax.Array:
-        return conv2d(last(strip), tail_lr)
-
-    if h < 3 or w < 3:  # (not min(h, w): jax.export cannot order two symbolic sizes)
-        y = two_convs(x)
-    else:
-        folded_bias = jnp.einsum("n,vxnz->z", last.bias[...], tail_lr)
-        y = conv2d(x, composed_kernel(last.kernel[...], tail_lr), folded_bias)
-        y = y.at[:, :1].set(two_convs(x[:, :3])[:, :1])
-        y = y.at[:, -1:].set(two_convs(x[:, -3:])[:, -1:])
-        y = y.at[:, :, :1].set(two_convs(x[:, :, :3])[:, :, :1])
-        y = y.at[:, :, -1:].set(two_convs(x[:, :, -3:])[:, :, -1:])
+    folded_bias = jnp.einsum("n,vxnz->z", last.bias[...], tail_lr)
+    # Each side's correction is complete at its pixels (corners included), so the sides are set from
+    # the folded conv, not subtracted one after another.
+    folded = conv2d(x, composed_kernel(last.kernel[...], tail_lr), folded_bias)
+    ring = _outside_ring(x, last)
+    y = folded.at[:, :1].set(folded[:, :1] - _conv_valid(ring[:, :3], tail_lr))
+    y = y.at[:, -1:].set(folded[:, -1:] - _conv_valid(ring[:, -3:], tail_lr))
+    y = y.at[:, :, :1].set(folded[:, :, :1] - _conv_valid(ring[:, :, :3], tail_lr))
+    y = y.at[:, :, -1:].set(folded[:, :, -1:] - _conv_valid(ring[:, :, -3:], tail_lr))
     return pixel_shuffle(y, r) + tail.bias[...].astype(y.dtype)
