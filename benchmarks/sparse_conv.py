@@ -275,7 +275,7 @@ def main(argv=None) -> None:
     p.add_argument("--masks", nargs="+", default=None, choices=["coherent", "iid"])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    p.add_argument("--tile", type=int, default=512, help="rows per tile of the JAX path")
+    p.add_argument("--tile", type=int, default=None, help="rows per tile of the JAX path (default: its own)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--model", default="adaedsr_small")
     p.add_argument("--model-size", type=int, default=256)

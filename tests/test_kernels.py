@@ -115,26 +115,75 @@ def operands(src, dst, rows, count, coef, epilogue):
 
 @pytest.fixture(scope="module")
 def jax_path():
-    """The JAX path, jitted once per (epilogue, tile): tile 8 splits lists into many whole tiles; tile 64
-    has tails of 32, so the "full" list (126 entries) runs a whole tile, then tails of 32 and 30, and
-    the lists of fewer than 64 entries run in tails alone."""
+    """The JAX path, jitted once per (epilogue, tile, tail): tile 8 splits lists into many whole tiles;
+    tile 64 with tails of 32 (at 256 features the default tail is 32; at this test's 16 -> 32 channels
+    the last tile is whole) runs the "full" list (126 entries) as a whole tile, then tails of 32 and
+    30, and the lists of fewer than 64 entries in tails alone."""
 
-    def f(src, dst, rows, count, coef, *, epilogue, tile):
-        return sparse_conv3x3_jax(operands(src, dst, rows, count, coef, epilogue), tile=tile)
+    def f(src, dst, rows, count, coef, *, epilogue, tile, tail=None):
+        return sparse_conv3x3_jax(operands(src, dst, rows, count, coef, epilogue), tile=tile, tail=tail)
 
-    return jax.jit(f, static_argnames=("epilogue", "tile"))
+    return jax.jit(f, static_argnames=("epilogue", "tile", "tail"))
 
 
 @pytest.mark.parametrize("epilogue", ["relu", "residual", "masked"])
 @pytest.mark.parametrize("mask_name", list(MASKS))
-@pytest.mark.parametrize("tile", [8, 64])
-def test_jax_path_matches_dense_conv_times_mask(jax_path, epilogue, mask_name, tile):
+@pytest.mark.parametrize("tile, tail", [(8, None), (64, 32)])
+def test_jax_path_matches_dense_conv_times_mask(jax_path, epilogue, mask_name, tile, tail):
     mask = MASKS[mask_name]
     src, dst, rows, count, coef = flat_inputs(mask)
     assert int(count) == mask.sum()
-    out = from_padded_flat(jax_path(src, dst, rows, count, coef, epilogue=epilogue, tile=tile), LAYOUT)
+    out = jax_path(src, dst, rows, count, coef, epilogue=epilogue, tile=tile, tail=tail)
+    out = from_padded_flat(out, LAYOUT)
     ref = reference(X, DST, mask, K, B, epilogue, SOFT)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("channels", [(16, 32), (64, 64), (128, 128), (256, 256)])
+def test_tile_sizes_and_computed_rows_follow_the_two_loops(channels):
+    """computed_rows (what the cost model counts) equals the rows the two loops of sparse_conv3x3_jax
+    compute, walked here trip by trip; at 256 features tiles of 256 and tails of 32 rows, at <= 128
+    tiles of 512 and the last one whole."""
+    from adadsr_jax.kernels.sparse_conv_jax import computed_rows, tile_sizes
+
+    cin, cout = channels
+    tile, tail = tile_sizes(None, 10_000, cin, cout)
+    assert (tile, tail) == ((256, 32) if cin == 256 else (512, 512))
+    for count in [0, 1, 31, 32, 33, 511, 512, 513, 1000, 1024, 1500, 9999]:
+        rows, done = 0, 0
+        for _ in range(count // tile):
+            rows, done = rows + tile, done + tile
+        while done < count:
+            rows, done = rows + tail, done + tail
+        assert computed_rows(np.array([count]), tile, tail)[0] == rows, count
+
+
+@pytest.mark.parametrize("mask_name", ["full", "coherent", "border", "single"])
+def test_jax_path_wide_maps_match_dense_conv_times_mask(mask_name):
+    """Above 128 input channels the JAX path gathers 3-row slices and runs tails of 32 rows by default;
+    against the float64 oracle at 144 -> 136 channels, tiles of 64 (the "full" list: a tile, then tails)."""
+    rng = np.random.RandomState(7)
+    cin, cout = 144, 136
+    x = rng.randn(*SHAPE, cin).astype(np.float32)
+    dst = rng.randn(*SHAPE, cout).astype(np.float32)
+    k = (rng.randn(3, 3, cin, cout) / np.sqrt(9 * cin)).astype(np.float32)
+    b = rng.randn(cout).astype(np.float32)
+    mask = MASKS[mask_name]
+    rows, count = active_list(jnp.asarray(mask))
+    conv = SparseConv(
+        src=to_padded_flat(jnp.asarray(x)),
+        dst=to_padded_flat(jnp.asarray(dst)),
+        rows=rows,
+        count=count,
+        kernel=jnp.asarray(k),
+        bias=jnp.asarray(b),
+        layout=LAYOUT,
+        epilogue="residual",
+        coef=to_padded_flat(jnp.asarray(SOFT)[..., None])[:, 0],
+    )
+    out = from_padded_flat(jax.jit(lambda c: sparse_conv3x3_jax(c, tile=64))(conv), LAYOUT)
+    ref = reference(x, dst, mask, k, b, "residual", SOFT)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=3e-5)
 
 
 def test_jax_path_keeps_borders_and_trash_clean(jax_path):
@@ -219,7 +268,7 @@ def pallas_interpret():
 def test_pallas_interpret_matches_jax_path(pallas_interpret, jax_path, epilogue, mask_name):
     src, dst, rows, count, coef = flat_inputs(MASKS[mask_name])
     got = pallas_interpret(src, dst, rows, count, coef, epilogue=epilogue)
-    want = jax_path(src, dst, rows, count, coef, epilogue=epilogue, tile=64)
+    want = jax_path(src, dst, rows, count, coef, epilogue=epilogue, tile=64, tail=32)
     np.testing.assert_allclose(
         np.asarray(got[: LAYOUT.trash_row]), np.asarray(want[: LAYOUT.trash_row]), rtol=1e-5, atol=2e-5
     )
@@ -229,7 +278,7 @@ def test_pallas_interpret_bfloat16(pallas_interpret, jax_path):
     """bf16 maps, f32 accumulation: equal to the JAX path on the same bf16 inputs up to bf16 rounding."""
     src, dst, rows, count, coef = flat_inputs(MASKS["random"], jnp.bfloat16)
     got = pallas_interpret(src, dst, rows, count, coef, epilogue="residual")
-    want = jax_path(src, dst, rows, count, coef, epilogue="residual", tile=64)
+    want = jax_path(src, dst, rows, count, coef, epilogue="residual", tile=64, tail=32)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(
         np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-2, atol=2e-2

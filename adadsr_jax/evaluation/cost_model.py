@@ -62,7 +62,7 @@ from adadsr_jax.evaluation.inference import AdapterCosts, Predictor, search_dept
 from adadsr_jax.kernels.dispatch import threshold_for, tiled_stack_plan, uses_pallas
 from adadsr_jax.kernels.layout import prefix_counts
 from adadsr_jax.kernels.plan import use_dense_stack
-from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, computed_rows, tile_sizes
+from adadsr_jax.kernels.sparse_conv_jax import computed_rows, tile_sizes
 from adadsr_jax.kernels.sparse_conv_pallas import sparse_conv3x3_pallas
 from adadsr_jax.kernels.sparse_tiles import DEFAULT_TILE as TILE_SIDE
 from adadsr_jax.kernels.sparse_tiles import TileGrid, tile_levels
@@ -88,7 +88,7 @@ class ExecSpec:
 
     threshold: the dense-crossover active fraction of the stack switch and the per-conv dispatcher
     (`kernels.dispatch.threshold_for(C, C)`; for a tiled EDSR stack, its plan's stack_dense); tile: rows
-    per sparse conv tile, None for the JAX path's `tile_sizes(DEFAULT_TILE, pixels)`, or the tile side T
+    per sparse conv tile, None for the JAX path's `tile_sizes(None, pixels, C, C)`, or the tile side T
     of a tiled stack; tiled_chunk: tiles per chunk when the stacks run tiled (kernels/sparse_tiles.py),
     else None; block_dense: a tiled stack's per-block dense switch (`TiledStackPlan.block_dense`).
     """
@@ -161,7 +161,8 @@ def forward_features(depth_map: np.ndarray, spec: ExecSpec) -> np.ndarray:
         return np.array([1.0, float(pixels)])
     d = spec.num_blocks
     # The JAX path's tiles and tails, or the Pallas kernel's one tile size.
-    list_tiles = tile_sizes(DEFAULT_TILE, pixels) if spec.tile is None else (spec.tile, spec.tile)
+    c = spec.channels
+    list_tiles = tile_sizes(None, pixels, c, c) if spec.tile is None else (spec.tile, spec.tile)
     conv_limit = int(spec.threshold * pixels) if spec.threshold < 1.0 else None
     sparse_px = rows = dense_conv_px = dense_px = active_px = 0.0
     # The definitions the kernels use: executed levels and their dilation, the stack switch, list counts.

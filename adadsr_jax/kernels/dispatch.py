@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from adadsr_jax.kernels.contract import SparseConv, apply_epilogue, conv3x3_f32
 from adadsr_jax.kernels.layout import from_padded_flat, to_padded_flat
-from adadsr_jax.kernels.sparse_conv_jax import DEFAULT_TILE, sparse_conv3x3_jax
+from adadsr_jax.kernels.sparse_conv_jax import sparse_conv3x3_jax
 from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
 
 Backend = Literal["auto", "pallas", "jax", "tiles", "dense"]
@@ -121,7 +121,7 @@ def sparse_conv3x3(
     *,
     backend: Backend = "auto",
     dense_threshold: float | None = None,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """`conv` (see SparseConv: a 3x3 SAME conv at rows[:count], written into dst with an epilogue) by

@@ -17,18 +17,25 @@ import numpy as np
 from adadsr_jax.kernels.contract import SparseConv, apply_epilogue
 from adadsr_jax.kernels.layout import PaddedLayout
 
-DEFAULT_TILE = 256
-# The last partial tile runs in tiles of this many rows: with one tile size for both, a block whose
-# list ends 10 rows into a tile computed 246 padding rows, and the deep blocks of a stack hold few rows
-# (benchmarks/RESULTS.md, "Pixel lists at 256 features").
-TAIL_TILE = 32
+# Measured per width (benchmarks/RESULTS.md, "Pixel lists at 256 features"). At 256 features, tiles of
+# 256 rows, the last partial tile in tails of 32 (a block whose list ended a few rows into a tile had
+# computed a whole tile of padding, and the deep blocks of a stack hold few rows) and 3-row gathers
+# made the whole paper-size forward 15-20% faster. At 64 features the 3-row gathers were ~30% slower
+# and smaller matmuls keep two cores less busy, so up to WIDE features the path is as it was: tiles of
+# 512 rows, the last one whole, nine single-row gathers (128 features is unmeasured).
+WIDE = 128
 
 
-def tile_sizes(tile: int, capacity: int) -> tuple[int, int]:
-    """(tile, tail) rows of the two loops for a list of `capacity` entries: tile capped at the capacity
-    (at least 8 rows), tail = min(TAIL_TILE, tile), and tile a multiple of tail."""
-    tile = min(tile, max(8, capacity))
-    tail = min(TAIL_TILE, tile)
+def tile_sizes(
+    tile: int | None, capacity: int, cin: int, cout: int, tail: int | None = None
+) -> tuple[int, int]:
+    """(tile, tail) rows of the two loops for a list of `capacity` entries of a Cin -> Cout conv.
+
+    tile (None: 256 above WIDE input channels, else 512) is capped at the capacity (at least 8 rows);
+    tail (None: 32 above WIDE, else the whole tile) at the tile; the tile is a multiple of the tail."""
+    wide = cin > WIDE
+    tile = min((256 if wide else 512) if tile is None else tile, max(8, capacity))
+    tail = min((32 if wide else tile) if tail is None else tail, tile)
     return -(-tile // tail) * tail, tail
 
 
@@ -42,25 +49,30 @@ def computed_rows(count: np.ndarray, tile: int, tail: int) -> np.ndarray:
 def gather_taps(src: jax.Array, r: jax.Array, layout: PaddedLayout) -> jax.Array:
     """im2col rows [T, 9 * Cin] (HWIO tap order) of padded flat rows r [T] of src [P, Cin].
 
-    Per kernel row dy, one gather of 3 consecutive flat rows (the taps dx = -1, 0, 1 are adjacent in the
-    padded flat layout), the three concatenated: three row copies of 3 * Cin values per pixel instead
-    of nine of Cin (benchmarks/RESULTS.md, "Pixel lists at 256 features").
+    Above WIDE channels, per kernel row dy one gather of 3 consecutive flat rows (the taps dx = -1, 0, 1
+    are adjacent in the padded flat layout); else nine single-row gathers, which XLA lowers to
+    contiguous row copies. Concatenated either way (see WIDE for the measurements).
     """
-    s = layout.row_stride
+    if src.shape[1] > WIDE:
+        s = layout.row_stride
 
-    def three_rows(start: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_slice_in_dim(src, start, 3).reshape(-1)
+        def three_rows(start: jax.Array) -> jax.Array:
+            return jax.lax.dynamic_slice_in_dim(src, start, 3).reshape(-1)
 
-    return jnp.concatenate([jax.vmap(three_rows)(r + dy * s - 1) for dy in (-1, 0, 1)], axis=1)
+        return jnp.concatenate([jax.vmap(three_rows)(r + dy * s - 1) for dy in (-1, 0, 1)], axis=1)
+    return jnp.concatenate(
+        [src.at[r + int(off)].get(mode="promise_in_bounds") for off in layout.tap_offsets()], axis=1
+    )
 
 
-def sparse_conv3x3_jax(conv: SparseConv, *, tile: int = DEFAULT_TILE) -> jax.Array:
-    """`conv` (see SparseConv) computed by tiles of `tile` active rows; returns the new dst [P, Cout]."""
+def sparse_conv3x3_jax(conv: SparseConv, *, tile: int | None = None, tail: int | None = None) -> jax.Array:
+    """`conv` (see SparseConv) computed by tiles of `tile` active rows, the last partial tile by tails of
+    `tail` rows (None: `tile_sizes`'s choice for the conv's channels); returns the new dst [P, Cout]."""
     conv.check()
     cin, cout = conv.channels
     layout, count = conv.layout, conv.count
     k = conv.rows.shape[0]
-    tile, tail = tile_sizes(tile, k)
+    tile, tail = tile_sizes(tile, k, cin, cout, tail)
     # Pad the list to whole tiles; padding entries gather from the safe row and are never written.
     padded = -(-k // tile) * tile
     rows = jnp.pad(conv.rows, (0, padded - k), constant_values=layout.safe_row)
