@@ -74,6 +74,18 @@ def apply_epilogue(
     raise ValueError(f"unknown epilogue {epilogue!r}")
 
 
+def run_if(flag: jax.Array, fn, carry):
+    """fn(carry) where the bool scalar `flag` is set, else carry, as a loop of 0 or 1 trips.
+
+    Not a lax.cond: under a cond XLA copied the buffers the branches update in place in and out of them,
+    at every call whether or not the branch ran (the tiled stack's dense blocks, the per-conv dense
+    switch, RCAN's empty blocks; kernels/README.md). fn must read its large inputs through the carry (or
+    an optimization_barrier with it): XLA hoists work on loop-invariant inputs out of the loop, and then
+    runs it whatever the trip count.
+    """
+    return jax.lax.fori_loop(0, flag.astype(jnp.int32), lambda _, c: fn(c), carry)
+
+
 def conv3x3_f32(
     x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: Literal["SAME", "VALID"]
 ) -> jax.Array:

@@ -15,7 +15,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from adadsr_jax.kernels.contract import SparseConv, apply_epilogue, conv3x3_f32
+from adadsr_jax.kernels.contract import SparseConv, apply_epilogue, conv3x3_f32, run_if
 from adadsr_jax.kernels.layout import from_padded_flat, to_padded_flat
 from adadsr_jax.kernels.sparse_conv_jax import sparse_conv3x3_jax
 from adadsr_jax.kernels.sparse_conv_pallas import pallas_supported, sparse_conv3x3_pallas
@@ -150,15 +150,13 @@ def sparse_conv3x3(
     if threshold >= 1.0:
         return sparse_impl(conv)
     use_dense = conv.count > int(threshold * conv.layout.pixels)
-    # Not a lax.cond: under a cond XLA copied dst in and out of the branches, a cost per conv whether or
-    # not any pixel is active (kernels/README.md). The sparse loops run no trip when the dense conv
-    # runs, and the dense conv is a loop of 0 or 1 trips, so dst is updated in place. The barrier ties
-    # src to the loop's carry: XLA would otherwise hoist the dense conv of the loop-invariant src out of
-    # the loop and run it whatever the trip count.
+    # Both run, in place on dst: the sparse loops with no trip when the dense conv runs (`run_if`, not a
+    # lax.cond, which copied dst at every conv). The barrier ties src to the carry, or XLA would hoist
+    # the dense conv of the loop-invariant src out of `run_if` and run it always.
     dst = sparse_impl(dataclasses.replace(conv, count=jnp.where(use_dense, 0, conv.count)))
 
-    def dense(_, dst: jax.Array) -> jax.Array:
+    def dense(dst: jax.Array) -> jax.Array:
         src, dst = jax.lax.optimization_barrier((conv.src, dst))
         return dense_conv3x3_padded(dataclasses.replace(conv, src=src, dst=dst))
 
-    return jax.lax.fori_loop(0, use_dense.astype(jnp.int32), dense, dst)
+    return run_if(use_dense, dense, dst)

@@ -102,6 +102,6 @@ def sparse_conv3x3_jax(conv: SparseConv, *, tile: int | None = None, tail: int |
 
         return body
 
-    done = count // tile * tile
-    dst = jax.lax.fori_loop(0, count // tile, tiles_of(tile, jnp.int32(0)), conv.dst)
-    return jax.lax.fori_loop(0, (count - done + tail - 1) // tail, tiles_of(tail, done), dst)
+    full = count // tile
+    dst = jax.lax.fori_loop(0, full, tiles_of(tile, jnp.int32(0)), conv.dst)
+    return jax.lax.fori_loop(0, (count - full * tile + tail - 1) // tail, tiles_of(tail, full * tile), dst)

@@ -54,7 +54,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from adadsr_jax.kernels.contract import conv3x3_f32
+from adadsr_jax.kernels.contract import conv3x3_f32, run_if
 from adadsr_jax.masks import executed_levels
 
 # Measured fastest at C = 32 (benchmarks/sparse_stack.py; module docstring): small tiles waste least of
@@ -244,7 +244,7 @@ def tiled_edsr_stack(
             new = _residual(x_tile, depth_tiles[ids], index, res, res_scale)
             return scatter_windows(xb, new, image, y0 + 1, x0 + 1), hb
 
-        def dense_block(_, buffers):
+        def dense_block(buffers):
             xb, hb = buffers
             x = xb[:, 1 : 1 + h, 1 : 1 + w]
             # SAME on the unpadded map: on the CPU, XLA's VALID convolution of the zero-bordered map took
@@ -255,10 +255,8 @@ def tiled_edsr_stack(
 
         count_dil, count_act = counts_dil[index], counts_act[index]
         if dense_block_fraction is not None:
-            # A loop of 0 or 1 trips, not a lax.cond: under a cond XLA copied the buffers that the tile
-            # loops update in place, which cost more than the dense block saved.
             dense = count_dil + count_act > dense_block_fraction * 2 * grid.count
-            carry = jax.lax.fori_loop(0, dense.astype(jnp.int32), dense_block, carry)
+            carry = run_if(dense, dense_block, carry)
             count_dil, count_act = (jnp.where(dense, 0, c) for c in (count_dil, count_act))
         carry = for_chunks(order_dil, count_dil, chunk, first, carry)
         return for_chunks(order_act, count_act, chunk, second, carry), None

@@ -36,10 +36,13 @@ def torch_uniform_init(fan_in: int) -> nnx.initializers.Initializer:
     return init
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-    """Stride-1 SAME convolution (PyTorch padding k//2 for odd k).
+def conv2d(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, padding: str = "SAME"
+) -> jax.Array:
+    """Stride-1 convolution: SAME (PyTorch padding k//2 for odd k) or VALID.
 
-    x: [N, H, W, Cin]; kernel: [k, k, Cin, Cout]; bias: [Cout] -> [N, H, W, Cout].
+    x: [N, H, W, Cin]; kernel: [kh, kw, Cin, Cout]; bias: [Cout] -> [N, H, W, Cout] (SAME) or
+    [N, H - kh + 1, W - kw + 1, Cout] (VALID).
     """
     if x.shape[-1] == 3:
         # An RGB input (the head conv) gets a fourth, zero channel: the same sums, and XLA's CPU
@@ -50,7 +53,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> ja
         x,
         kernel.astype(x.dtype),
         window_strides=(1, 1),
-        padding="SAME",
+        padding=padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     if bias is not None:
@@ -197,24 +200,17 @@ def composed_kernel(first: jax.Array, second: jax.Array) -> jax.Array:
     return jnp.einsum("puv,qwx,uwab,vxbc->pqac", sums, sums, first, second)
 
 
-def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-1 VALID convolution, no bias: x [N, H, W, Cin], kernel [kh, kw, Cin, Cout] ->
-    [N, H - kh + 1, W - kw + 1, Cout]."""
-    return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-
 def _outside_ring(x: jax.Array, conv: Conv) -> jax.Array:
     """`conv` (3x3, zero padding) evaluated on the ring of positions one pixel outside x [N, h, w, C]:
     [N, h + 2, w + 2, O], zero inside the ring. Outside the image only the taps that reach its first or
     last row or column see non-zero input, so each side is a 1x3 or 3x1 conv of that row or column."""
-    k, b = conv.kernel[...], conv.bias[...].astype(x.dtype)
+    k, b = conv.kernel[...], conv.bias[...]
     n, h, w, _ = x.shape
-    top = _conv_valid(jnp.pad(x[:, :1], ((0, 0), (0, 0), (2, 2), (0, 0))), k[2:3]) + b
-    bottom = _conv_valid(jnp.pad(x[:, -1:], ((0, 0), (0, 0), (2, 2), (0, 0))), k[0:1]) + b
-    left = _conv_valid(jnp.pad(x[:, :, :1], ((0, 0), (1, 1), (0, 0), (0, 0))), k[:, 2:3]) + b
-    right = _conv_valid(jnp.pad(x[:, :, -1:], ((0, 0), (1, 1), (0, 0), (0, 0))), k[:, 0:1]) + b
+    rows, cols = ((0, 0), (0, 0), (2, 2), (0, 0)), ((0, 0), (1, 1), (0, 0), (0, 0))
+    top = conv2d(jnp.pad(x[:, :1], rows), k[2:3], b, "VALID")
+    bottom = conv2d(jnp.pad(x[:, -1:], rows), k[0:1], b, "VALID")
+    left = conv2d(jnp.pad(x[:, :, :1], cols), k[:, 2:3], b, "VALID")
+    right = conv2d(jnp.pad(x[:, :, -1:], cols), k[:, 0:1], b, "VALID")
     ring = jnp.zeros((n, h + 2, w + 2, k.shape[-1]), x.dtype)
     ring = ring.at[:, :1].set(top).at[:, -1:].set(bottom)
     return ring.at[:, 1:-1, :1].set(left).at[:, 1:-1, -1:].set(right)
@@ -245,8 +241,8 @@ def upsample_and_tail(up: Upsampler, tail: Conv, x: jax.Array) -> jax.Array:
     # the folded conv, not subtracted one after another.
     folded = conv2d(x, composed_kernel(last.kernel[...], tail_lr), folded_bias)
     ring = _outside_ring(x, last)
-    y = folded.at[:, :1].set(folded[:, :1] - _conv_valid(ring[:, :3], tail_lr))
-    y = y.at[:, -1:].set(folded[:, -1:] - _conv_valid(ring[:, -3:], tail_lr))
-    y = y.at[:, :, :1].set(folded[:, :, :1] - _conv_valid(ring[:, :, :3], tail_lr))
-    y = y.at[:, :, -1:].set(folded[:, :, -1:] - _conv_valid(ring[:, :, -3:], tail_lr))
+    y = folded.at[:, :1].set(folded[:, :1] - conv2d(ring[:, :3], tail_lr, padding="VALID"))
+    y = y.at[:, -1:].set(folded[:, -1:] - conv2d(ring[:, -3:], tail_lr, padding="VALID"))
+    y = y.at[:, :, :1].set(folded[:, :, :1] - conv2d(ring[:, :, :3], tail_lr, padding="VALID"))
+    y = y.at[:, :, -1:].set(folded[:, :, -1:] - conv2d(ring[:, :, -3:], tail_lr, padding="VALID"))
     return pixel_shuffle(y, r) + tail.bias[...].astype(y.dtype)

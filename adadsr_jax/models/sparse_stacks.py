@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from adadsr_jax.kernels.contract import Epilogue, SparseConv
+from adadsr_jax.kernels.contract import Epilogue, SparseConv, run_if
 from adadsr_jax.kernels.dispatch import Backend, TiledStackPlan, sparse_conv3x3, tiled_stack_plan
 from adadsr_jax.kernels.layout import PaddedLayout, from_padded_flat, layout_of, to_padded_flat
 from adadsr_jax.kernels.plan import IndexMode, block_lists, make_plan, use_dense_stack
@@ -198,10 +198,7 @@ def sparse_rcan_group(
     def block(carry, p):
         index = p[-1]
         _, _, _, count_act = block_lists(plan, index)
-        # A loop of 0 or 1 trips, not a lax.cond, which copied the carried maps in and out of its
-        # branches (kernels.dispatch.sparse_conv3x3 measured the same).
-        runs = (count_act > 0).astype(jnp.int32)
-        return jax.lax.fori_loop(0, runs, lambda _, carry: run_block(carry, p), carry), None
+        return run_if(count_act > 0, lambda carry: run_block(carry, p), carry), None
 
     indices = jnp.arange(num_blocks, dtype=jnp.int32)
     (xf, _), _ = jax.lax.scan(block, (xf, hf), (k0, b0, k1, b1, dk, db, uk, ub, indices))
