@@ -150,6 +150,14 @@ def test_train_workdir_is_an_existing_file(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_train_help_exits_0_with_the_usage_on_stdout(tmp_path):
+    for flag in ("--help", "--helpfull"):
+        proc = run(TRAIN, flag, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "--config" in proc.stdout and "--workdir" in proc.stdout and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("source", "phrase"),
     [

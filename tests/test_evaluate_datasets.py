@@ -4,6 +4,7 @@ clear errors."""
 import numpy as np
 import pytest
 
+from adadsr_jax import metrics
 from adadsr_jax.data.bicubic import downscale, mod_crop
 from adadsr_jax.data.images import save_png
 from adadsr_jax.evaluation.datasets import DatasetNotFoundError, canonical_name, find_dataset
@@ -100,3 +101,18 @@ def test_missing_lr_file_and_size_mismatch_are_named(tmp_path):
     bench = find_dataset("Set5", tmp_path, scale=S)
     with pytest.raises(ValueError, match=r"ax2\.png"):
         bench[0]
+
+
+@pytest.mark.parametrize(("scale", "smallest"), [(2, 16), (3, 18), (4, 20)])
+def test_an_image_too_small_for_the_metrics_is_named(tmp_path, scale, smallest):
+    # PSNR/SSIM shave `scale` pixels per border of the mod-cropped HR, then SSIM needs an 11 x 11 window:
+    # `smallest` is the least side that leaves 11 (e.g. x2: 16 - 2 * 2 = 12; 15 mod-crops to 14, leaving 10).
+    save_png(tmp_path / "tiny" / "fits.png", _hr(7, (smallest, smallest + scale - 1, 3)))
+    save_png(tmp_path / "tiny" / "short.png", _hr(8, (smallest - 1, 40, 3)))
+    bench = find_dataset("tiny", tmp_path, scale=scale)
+    pair = bench[0]  # sorted: fits.png first
+    assert pair.hr.shape == (smallest, smallest, 3)
+    assert metrics.ssim(pair.hr, pair.hr, scale=scale) == pytest.approx(1.0)
+    message = rf"short\.png: HR image is 40x{smallest - 1} .* at least {smallest}x{smallest}$"
+    with pytest.raises(ValueError, match=message):
+        bench[1]

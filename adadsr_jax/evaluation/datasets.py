@@ -28,6 +28,7 @@ import numpy as np
 from adadsr_jax.data.bicubic import make_lr
 from adadsr_jax.data.images import IMAGE_EXTENSIONS, list_images, load_image
 from adadsr_jax.data.sources import ImagePair
+from adadsr_jax.metrics import SSIM_WINDOW
 
 # Canonical names and the folder names each may have in the wild.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -79,6 +80,7 @@ class BenchmarkSet(Sequence):
             return ImagePair(str(pair.name), np.asarray(pair.lr), np.asarray(pair.hr))
         item = self.items[index]
         hr = load_image(item.hr_path)
+        check_metric_size(hr, self.scale, item.hr_path)
         if item.lr_path is None:
             return ImagePair(item.name, *make_lr(hr, self.scale))
         lr = load_image(item.lr_path)
@@ -98,6 +100,20 @@ class BenchmarkSet(Sequence):
             "root": self.root,
             "num_images": len(self),
         }
+
+
+def check_metric_size(hr: np.ndarray, scale: int, path: str | os.PathLike) -> None:
+    """Raises ValueError naming `path` when the metric protocol cannot score the HR [H, W, 3] image: PSNR
+    and SSIM shave `scale` pixels from each border of the mod-cropped HR, and SSIM's window needs 11 x 11
+    pixels after that."""
+    need = -(-(2 * scale + SSIM_WINDOW) // scale) * scale  # the smallest multiple of scale that fits
+    h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+    if h < need or w < need:
+        raise ValueError(
+            f"{path}: HR image is {hr.shape[1]}x{hr.shape[0]} ({w}x{h} mod-cropped to x{scale}); PSNR and "
+            f"SSIM shave {scale} pixels from each border and SSIM needs {SSIM_WINDOW}x{SSIM_WINDOW} after "
+            f"that, so at x{scale} an image must be at least {need}x{need}"
+        )
 
 
 def match_hr(hr: np.ndarray, lr: np.ndarray, scale: int, item: ImageItem) -> np.ndarray:

@@ -37,6 +37,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
+_HELP_FLAGS = {"--help", "-?", "--helpshort", "--helpfull", "--helpxml"}
 EXIT_RUN_FAILED = 1  # the run itself failed (NaN loss): not the user's input, not a traceback either
 
 
@@ -91,6 +92,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as err:
         report(_flags_error(err, argv[1:]))
         sys.exit(EXIT_USER_ERROR)
+    except SystemExit as stop:
+        # absl prints the usage asked for by --help / --helpshort / --helpfull, then exits with 1.
+        if stop.code == 1 and _HELP_FLAGS.intersection(arg.split("=", 1)[0] for arg in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 def main(argv: list[str]) -> int:
