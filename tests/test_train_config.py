@@ -55,6 +55,12 @@ def test_paper_presets_use_the_release_optimizer():
     assert cfg.train.steps == 800_000
 
 
+def test_demo_uses_the_short_run_optimizer_its_config_documents():
+    opt = resolve_config(load("demo", None)).optimizer  # configs/demo.py: lr 2e-3, b2 0.99, cosine
+    assert (opt.name, opt.lr, opt.b1, opt.b2) == ("adam", 2e-3, 0.9, 0.99)
+    assert (opt.schedule, opt.decay_steps) == ("cosine", 1200)
+
+
 def test_overrides_and_explicit_values_win():
     c = base_config()
     c.model.name = "adaedsr"
