@@ -65,6 +65,12 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
     return image @ _Y_COEFFS + _Y_OFFSET
 
 
+def smallest_side(shave: int) -> int:
+    """The least height and width (pixels) that `psnr` and `ssim` can score with `shave` pixels shaved
+    from every border: SSIM's window must fit in what is left."""
+    return 2 * shave + SSIM_WINDOW
+
+
 def _prepare(sr: np.ndarray, hr: np.ndarray, *, scale: int, y_channel: bool, shave: int | None):
     """Quantise, convert to Y (or keep RGB) and shave; returns two float64 arrays [H', W', C]."""
     sr, hr = np.asarray(sr), np.asarray(hr)

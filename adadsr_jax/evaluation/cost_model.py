@@ -310,7 +310,7 @@ def calibration_images(scale: int) -> list[np.ndarray]:
     except (FileNotFoundError, ImportError):
         yy, xx = np.mgrid[0:256, 0:256]
         other = (127 + 100 * np.sin(np.stack([xx / 9.0, yy / 13.0, (xx + yy) / 17.0], -1))).astype(np.uint8)
-        photo = np.ascontiguousarray(other[:150, :224, ::-1])
+        photo = other[:150, :224]
     h, w = photo.shape[:2]
     crop = np.ascontiguousarray(photo[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2])
     side_h, side_w = min(other.shape[0], 240), min(other.shape[1], 240)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from adadsr_jax import metrics
 from adadsr_jax.data.bicubic import make_lr
 from adadsr_jax.data.images import IMAGE_EXTENSIONS, list_images, load_image
 from adadsr_jax.data.sources import ImagePair
-from adadsr_jax.metrics import SSIM_WINDOW
 
 # Canonical names and the folder names each may have in the wild.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -104,15 +104,14 @@ class BenchmarkSet(Sequence):
 
 def check_metric_size(hr: np.ndarray, scale: int, path: str | os.PathLike) -> None:
     """Raises ValueError naming `path` when the metric protocol cannot score the HR [H, W, 3] image: PSNR
-    and SSIM shave `scale` pixels from each border of the mod-cropped HR, and SSIM's window needs 11 x 11
-    pixels after that."""
-    need = -(-(2 * scale + SSIM_WINDOW) // scale) * scale  # the smallest multiple of scale that fits
+    and SSIM shave `scale` pixels from each border of the mod-cropped HR (`metrics.smallest_side`)."""
+    need = -(-metrics.smallest_side(scale) // scale) * scale  # the least multiple of scale that fits
     h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
     if h < need or w < need:
         raise ValueError(
             f"{path}: HR image is {hr.shape[1]}x{hr.shape[0]} ({w}x{h} mod-cropped to x{scale}); PSNR and "
-            f"SSIM shave {scale} pixels from each border and SSIM needs {SSIM_WINDOW}x{SSIM_WINDOW} after "
-            f"that, so at x{scale} an image must be at least {need}x{need}"
+            f"SSIM shave {scale} pixels from each border and SSIM needs {metrics.SSIM_WINDOW} x "
+            f"{metrics.SSIM_WINDOW} after that, so at x{scale} an image must be at least {need}x{need}"
         )
 
 
