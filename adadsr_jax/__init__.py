@@ -2,10 +2,7 @@
 
 __version__ = "0.1.0"
 
-from adadsr_jax.checkpoint import abstract_model, load_model, save_model
-from adadsr_jax.evaluation import Predictor
-from adadsr_jax.losses import adadsr_loss, depth_hinge
-from adadsr_jax.models import PRESETS, AdaDSR, ModelConfig, create_model, get_model_config
+from adadsr_jax.lazy_imports import lazy_exports
 
 __all__ = [
     "PRESETS",
@@ -20,3 +17,13 @@ __all__ = [
     "load_model",
     "save_model",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "adadsr_jax.checkpoint": ("abstract_model", "load_model", "save_model"),
+        "adadsr_jax.evaluation": ("Predictor",),
+        "adadsr_jax.losses": ("adadsr_loss", "depth_hinge"),
+        "adadsr_jax.models": ("PRESETS", "AdaDSR", "ModelConfig", "create_model", "get_model_config"),
+    },
+)

@@ -247,18 +247,10 @@ def run(args) -> list[Path]:
     An input that cannot be read (corrupt, 16-bit without --convert-16bit) is reported and skipped; the
     others are still written, then ValueError lists the skipped files.
     """
-    from adadsr_jax.checkpoint import load_model
-    from adadsr_jax.evaluation.cost_model import (
-        budget_ms_depth,
-        check_cache_path,
-        open_for_cli,
-        parse_budget_ms,
-    )
-    from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
-    from adadsr_jax.evaluation.runner import colorize_depth
+    from adadsr_jax.evaluation.budgets import check_cache_path, parse_budget, parse_budget_ms
 
-    # Every flag and path is checked before the model is loaded: a typo fails at once, with nothing written.
-    # Same check and message as evaluate.py's --depths.
+    # Every flag and path is checked before jax and the model are loaded: a typo fails at once (in well
+    # under a second), with nothing written. --depth: the same check and message as evaluate.py's --depths.
     if args.depth is not None and not (math.isfinite(args.depth) and args.depth >= 0):
         raise ValueError(f"bad --depth {str(args.depth)!r}: expected non-negative numbers")
     if args.tile < 0 or args.tile_overlap < 0:
@@ -272,6 +264,12 @@ def run(args) -> list[Path]:
     source_flag = "--workdir" if args.workdir else "--checkpoint"
     require_checkpoint_dir(args.workdir or args.checkpoint, source_flag)
     out_dir = require_output_dir(args.out, "--out")
+
+    from adadsr_jax.checkpoint import load_model
+    from adadsr_jax.evaluation.cost_model import budget_ms_depth, open_for_cli
+    from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs
+    from adadsr_jax.evaluation.runner import colorize_depth
+
     model = load_model(args.workdir or args.checkpoint, which=args.which)
     scale = int(model.scale)
     outs = output_paths(files, out_dir, scale)

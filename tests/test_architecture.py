@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adadsr_jax"
 
 # Low to high. A module may import modules of its own package and of lower layers.
 LAYERS: list[tuple[str, ...]] = [
+    ("lazy_imports",),
     ("cli", "masks", "metrics", "data", "torch_checkpoint"),
     ("kernels",),
     ("models",),
@@ -62,6 +63,9 @@ def imported_modules(path: Path, module: str) -> set[str]:
             found.add(name)
             # `from adadsr_jax import metrics` imports the module adadsr_jax.metrics.
             found |= {f"{name}.{alias.name}" for alias in node.names if name == "adadsr_jax"}
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports":
+            # A package's lazy re-exports (adadsr_jax.lazy_imports) import their modules on first use.
+            found |= {key.value for key in node.args[1].keys if isinstance(key, ast.Constant)}
     return {name for name in found if name.startswith("adadsr_jax.")}
 
 
@@ -97,9 +101,13 @@ def test_checker_sees_an_upward_import(tmp_path):
     (fake / "__init__.py").write_text("")
     (fake / "models" / "__init__.py").write_text("from adadsr_jax.training import loop\n")
     (fake / "models" / "net.py").write_text("from ..macs import model_macs\nfrom . import layers\n")
+    (fake / "data").mkdir()
+    exports = '{"adadsr_jax.data.images": ("load_image",), "adadsr_jax.models": ("AdaDSR",)}'
+    (fake / "data" / "__init__.py").write_text(f"lazy_exports(globals(), {exports})\n")
     assert upward_imports(fake) == [
-        "adadsr_jax.models imports adadsr_jax.training (layer 7 >= 2)",
-        "adadsr_jax.models.net imports adadsr_jax.macs (layer 3 >= 2)",
+        "adadsr_jax.data imports adadsr_jax.models (layer 3 >= 1)",
+        "adadsr_jax.models imports adadsr_jax.training (layer 8 >= 3)",
+        "adadsr_jax.models.net imports adadsr_jax.macs (layer 4 >= 3)",
     ]
 
 

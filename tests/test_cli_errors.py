@@ -124,6 +124,31 @@ def test_upscale_out_is_an_existing_file(ckpt, photo, tmp_path):
     assert snapshot(tmp_path, ckpt) == before
 
 
+def test_user_errors_are_reported_before_jax_is_imported(tmp_path):
+    """A wrong path costs an interpreter start, not jax's ~4 s import: evaluate, upscale and train (after
+    loading its config file) refuse it with nothing of jax, flax or orbax imported."""
+    missing = tmp_path / "missing"
+    code = f"""
+import runpy, sys
+from adadsr_jax.evaluation.cli import main as evaluate
+from adadsr_jax.upscale import main as upscale
+codes = [evaluate(["--checkpoint", "{missing}", "--output", "out"])]
+codes.append(upscale(["{missing}.png", "--checkpoint", "{missing}", "--out", "out"]))
+sys.argv = ["train.py", "--config", "configs/tiny.py", "--workdir", "{tmp_path / "run"}",
+            "--config.data.kind=folder", "--config.data.root={missing}"]
+try:
+    runpy.run_path("train.py", run_name="__main__")
+except SystemExit as stop:
+    codes.append(stop.code)
+print(codes, [m for m in ("jax", "flax", "orbax.checkpoint", "optax", "grain") if m in sys.modules])
+"""
+    proc = run([sys.executable, "-c", code])
+    assert proc.stdout.splitlines()[-1] == "[2, 2, 2] []", proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert [line.split(": ")[1] for line in errors] == [str(missing), f"{missing}.png", str(missing)], errors
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ 3, 4, 5: train's --config and --workdir
 
 

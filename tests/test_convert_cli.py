@@ -1,11 +1,14 @@
 """End to end through the real command lines: a torch.save file of each supported layout, in the zip and the
-legacy format, goes through `python -m adadsr_jax.convert`, and the result through
+legacy format, goes through the converter's command line (`python -m adadsr_jax.convert` for the zip
+files, its main() in this process for the legacy ones), and the zip file's result through
 `python evaluate.py --checkpoint`; the evaluated SR image equals a float64 numpy forward of the PyTorch
 model on the file's tensors. Bad files get one line naming the file, exit status 2, no traceback."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -20,6 +23,7 @@ from flax import nnx
 from test_convert import reference_forward
 from torch_format import write_legacy, write_zip
 
+from adadsr_jax.convert import main as convert_main
 from adadsr_jax.data.bicubic import downscale
 from adadsr_jax.data.images import load_image, save_png
 from adadsr_jax.models import get_model_config
@@ -57,10 +61,19 @@ def photo_root(tmp_path_factory):
     return root
 
 
+def _convert_in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """convert's main(argv) in this process, its exit status and output as a CompletedProcess."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = convert_main(argv)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """Every (case, format) file written and converted by the CLI, two processes at a time (the commands
-    are mostly interpreter and JAX start-up)."""
+    """Every (case, format) file written and converted by the command line: the zip files (which
+    evaluate.py then reads) by `python -m adadsr_jax.convert`, two processes at a time, the legacy ones by
+    the same main() in this process (each new process costs ~4 s of interpreter and JAX start-up)."""
     base = tmp_path_factory.mktemp("convert")
     jobs = {}
     for case, model, scale in E2E_CASES:
@@ -69,10 +82,13 @@ def converted(tmp_path_factory):
             path = base / f"{case}_{fmt}_x{scale}.pth"
             write(path, saved_object(case, sd, scale))
             out = base / f"{case}_{fmt}_ckpt"
-            argv = ["-m", "adadsr_jax.convert", str(path), "--model", model, "--scale", str(scale)]
-            jobs[case, fmt] = (sd, path, out, [*argv, "--out", str(out)])
+            argv = [str(path), "--model", model, "--scale", str(scale), "--out", str(out)]
+            jobs[case, fmt] = (sd, path, out, argv)
+    zips = [key for key in jobs if key[1] == "zip"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        runs = dict(zip(jobs, pool.map(lambda job: _run(*job[3]), jobs.values()), strict=True))
+        subprocesses = pool.map(lambda key: _run("-m", "adadsr_jax.convert", *jobs[key][3]), zips)
+        runs = dict(zip(zips, subprocesses, strict=True))
+    runs |= {key: _convert_in_process(job[3]) for key, job in jobs.items() if key not in runs}
     return {key: (sd, path, out, runs[key]) for key, (sd, path, out, _) in jobs.items()}
 
 

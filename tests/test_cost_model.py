@@ -14,6 +14,7 @@ from flax import nnx
 from adadsr_jax.checkpoint import save_inference_checkpoint
 from adadsr_jax.data import demo_source
 from adadsr_jax.evaluation import cost_model as cm
+from adadsr_jax.evaluation.budgets import parse_budget_ms
 from adadsr_jax.evaluation.cli import main as evaluate_main
 from adadsr_jax.evaluation.inference import Predictor
 from adadsr_jax.kernels.dispatch import threshold_for, tiled_stack_plan
@@ -272,8 +273,8 @@ def test_budget_ms_refuses_what_it_cannot_serve(model):
         cm.budget_ms_depth(Predictor(model), UNSEEN, 10.0, known)  # a dense predictor
     for bad in ("0", "-3", "nan", "inf", "fast", ""):
         with pytest.raises(ValueError, match="bad --budget-ms"):
-            cm.parse_budget_ms(bad)
-    assert cm.parse_budget_ms(" 12.5 ms") == 12.5 and cm.parse_budget_ms("40") == 40.0
+            parse_budget_ms(bad)
+    assert parse_budget_ms(" 12.5 ms") == 12.5 and parse_budget_ms("40") == 40.0
 
 
 # ---------------------------------------------------------------------------------------------- cache

@@ -14,14 +14,9 @@ from adadsr_jax import metrics
 from adadsr_jax.checkpoint import save_inference_checkpoint
 from adadsr_jax.data.bicubic import downscale
 from adadsr_jax.data.images import load_image, save_png
+from adadsr_jax.evaluation.budgets import parse_budget
 from adadsr_jax.evaluation.cli import main
-from adadsr_jax.evaluation.inference import (
-    Predictor,
-    budget_depth,
-    parse_budget,
-    search_depth,
-    tile_windows,
-)
+from adadsr_jax.evaluation.inference import Predictor, budget_depth, search_depth, tile_windows
 from adadsr_jax.evaluation.runner import MEAN_FIELDS, evaluate_set
 from adadsr_jax.models import create_model
 

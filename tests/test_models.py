@@ -170,6 +170,7 @@ def test_folded_upsampler_and_tail_equal_the_float64_reference(scale):
     from adadsr_jax.models.layers import Conv, Upsampler, upsample_and_tail
 
     up, tail = Upsampler(6, scale, rngs=nnx.Rngs(1)), Conv(6, 3, rngs=nnx.Rngs(2))
+    folded = nnx.jit(upsample_and_tail)  # one compile per size: 5 s instead of 8 s op by op
     rng = np.random.default_rng(scale)
     for h, w in [(1, 1), (2, 5), (3, 3), (4, 7), (9, 6)]:
         x = rng.normal(size=(2, h, w, 6)).astype(np.float32)
@@ -177,7 +178,7 @@ def test_folded_upsampler_and_tail_equal_the_float64_reference(scale):
         for conv, r in zip(up.convs, up.factors, strict=True):
             ref = np_pixel_shuffle(np_conv(ref, np.float64(conv.kernel[...]), np.float64(conv.bias[...])), r)
         ref = np_conv(ref, np.float64(tail.kernel[...]), np.float64(tail.bias[...]))
-        out = np.asarray(upsample_and_tail(up, tail, jnp.asarray(x)), np.float64)
+        out = np.asarray(folded(up, tail, jnp.asarray(x)), np.float64)
         assert out.shape == ref.shape == (2, scale * h, scale * w, 3)
         assert np.abs(out - ref).max() < 1e-5 * np.abs(ref).max(), (h, w)
 

@@ -8,7 +8,8 @@ from PIL import Image
 from adadsr_jax import metrics
 from adadsr_jax.checkpoint import save_inference_checkpoint
 from adadsr_jax.data.bicubic import imresize
-from adadsr_jax.evaluation.inference import Predictor, budget_depth, parse_budget
+from adadsr_jax.evaluation.budgets import parse_budget
+from adadsr_jax.evaluation.inference import Predictor, budget_depth
 from adadsr_jax.models import create_model
 from adadsr_jax.upscale import main
 

@@ -1,12 +1,10 @@
 """Data: MATLAB-compatible bicubic, image I/O, image-pair sources and the training patch pipeline.
 
-See docs/data.md. Importing this package is cheap: tensorflow_datasets is imported only by ``tfds_source``.
+See docs/data.md. Importing this package is cheap: each name is imported on first use (the pipeline
+with jax and grain by ``TrainBatches``), tensorflow_datasets only by ``tfds_source``.
 """
 
-from adadsr_jax.data.bicubic import downscale, imresize, upscale
-from adadsr_jax.data.images import ImageError, load_image, save_png
-from adadsr_jax.data.pipeline import TrainBatches
-from adadsr_jax.data.sources import ImagePair, demo_source, folder_source, make_source, tfds_source
+from adadsr_jax.lazy_imports import lazy_exports
 
 __all__ = [
     "ImageError",
@@ -22,3 +20,19 @@ __all__ = [
     "tfds_source",
     "upscale",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "adadsr_jax.data.bicubic": ("downscale", "imresize", "upscale"),
+        "adadsr_jax.data.images": ("ImageError", "load_image", "save_png"),
+        "adadsr_jax.data.pipeline": ("TrainBatches",),
+        "adadsr_jax.data.sources": (
+            "ImagePair",
+            "demo_source",
+            "folder_source",
+            "make_source",
+            "tfds_source",
+        ),
+    },
+)

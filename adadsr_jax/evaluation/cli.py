@@ -6,13 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adadsr_jax.cli import UserError, require_checkpoint_dir, require_dir, require_output_dir, run_cli
-from adadsr_jax.evaluation.cost_model import check_cache_path, open_for_cli, parse_budget_ms
+from adadsr_jax.evaluation.budgets import check_cache_path, parse_budget, parse_budget_ms
 from adadsr_jax.evaluation.datasets import find_dataset
-from adadsr_jax.evaluation.inference import Predictor, parse_budget
-from adadsr_jax.evaluation.reports import write_all
-from adadsr_jax.evaluation.runner import RunResult, default_depths, evaluate_set
+
+if TYPE_CHECKING:
+    from adadsr_jax.evaluation.inference import Predictor
+    from adadsr_jax.evaluation.runner import RunResult
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,9 +151,14 @@ def check_args(args) -> None:
 def run(args) -> list[RunResult]:
     """Evaluate as `args` says, write the outputs and print one summary line per set and setting."""
     check_args(args)
-    if args.compilation_cache:
-        import jax
+    # Imported once the arguments are known to be good: a wrong path is reported in well under a second.
+    import jax
 
+    from adadsr_jax.evaluation.inference import Predictor
+    from adadsr_jax.evaluation.reports import write_all
+    from adadsr_jax.evaluation.runner import evaluate_set
+
+    if args.compilation_cache:
         # Every benchmark image has its own shape, hence its own compile; a persistent cache makes reruns
         # (other depths, other checkpoints of the same architecture) skip them.
         jax.config.update("jax_compilation_cache_dir", str(Path(args.compilation_cache).absolute()))
@@ -171,7 +178,7 @@ def run(args) -> list[RunResult]:
         raise ValueError(f"--budget-ms needs an adaptive model; {label} has no adapter (one fixed cost)")
     info.update({"adaptive": bool(cfg.adaptive), "max_depth": int(cfg.max_depth)})
     if cfg.adaptive:
-        depths = _floats(args.depths, "--depths") if args.depths else list(default_depths(cfg))
+        depths = _floats(args.depths, "--depths") if args.depths else list(cfg.default_depths)
     else:
         if args.depths:
             print(f"note: {label} has no adapter; --depths ignored (it always runs all blocks)")
@@ -231,6 +238,8 @@ def run(args) -> list[RunResult]:
 def _latency_model(args, predictor: Predictor):
     """The cached or freshly calibrated latency model for --budget-ms, and its description for
     results.json."""
+    from adadsr_jax.evaluation.cost_model import open_for_cli
+
     if args.repeats == 0:
         print("note: --repeats 0: the time budgets' measured latency is not reported")
     model, info = open_for_cli(

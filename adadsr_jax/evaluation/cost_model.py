@@ -45,7 +45,6 @@ import datetime
 import hashlib
 import inspect
 import json
-import math
 import os
 import platform as platform_module
 import sys
@@ -533,14 +532,6 @@ def load_or_calibrate(
     return model, CacheInfo(status, written, time.perf_counter() - start)
 
 
-def check_cache_path(cache_path: str | os.PathLike | None) -> None:
-    """The command lines' --cost-model check, made before a model loads: a file path, not a folder."""
-    if cache_path and Path(cache_path).is_dir():
-        from adadsr_jax.cli import UserError
-
-        raise UserError(cache_path, "--cost-model is a folder", "give a file path, e.g. cost_model.json")
-
-
 def open_for_cli(
     predictor: Predictor, *, checkpoint_dir: str | os.PathLike | None, cache_path: str | os.PathLike | None
 ) -> tuple[CostModel, CacheInfo]:
@@ -579,20 +570,6 @@ class MsBudgetResult:
     met: bool
     evaluations: int
     adapter_passes: int
-
-
-def parse_budget_ms(text: str) -> float:
-    """A time budget per image in ms: "50", "50ms" or "12.5 ms" -> float > 0 (finite)."""
-    t = str(text).strip().lower().removesuffix("ms").strip()
-    try:
-        value = float(t)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"bad --budget-ms {text!r}: expected a positive number of milliseconds per image (50 or 50ms)"
-        )
-    return value
 
 
 def budget_ms_depth(

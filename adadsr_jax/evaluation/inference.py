@@ -420,28 +420,6 @@ class BudgetResult:
     adapter_passes: int = 0
 
 
-def parse_budget(text: str) -> tuple[str, float]:
-    """Parse a budget: "0.5" or "50%" (fraction of dense MACs) or "12.5G" (GMACs per image).
-
-    Returns ("fraction", f) with 0 < f <= 1 or ("gmacs", g) with g > 0.
-    """
-    t = str(text).strip().lower().replace("gmacs", "g")
-    try:
-        if t.endswith("%"):
-            kind, value = "fraction", float(t[:-1]) / 100.0
-        elif t.endswith("g"):
-            kind, value = "gmacs", float(t[:-1])
-        else:
-            kind, value = "fraction", float(t)
-    except ValueError:
-        raise ValueError(
-            f"bad budget {text!r}: use a fraction of dense MACs (0.5 or 50%) or GMACs per image (12.5G)"
-        ) from None
-    if not value > 0 or (kind == "fraction" and value > 1):
-        raise ValueError(f"bad budget {text!r}: a fraction must be in (0, 1], GMACs must be > 0")
-    return kind, value
-
-
 def search_depth(
     cost: Callable[[float], float], target: float, *, lo: float, hi: float, iterations: int = 14
 ) -> tuple[float, float, bool, int]:
@@ -469,7 +447,7 @@ def search_depth(
 
 
 def budget_depth(predictor: Predictor, lr: np.ndarray, budget: tuple[str, float]) -> BudgetResult:
-    """Per-image desired depth meeting a MACs budget (see parse_budget) by a monotone search over d.
+    """Per-image desired depth meeting a MACs budget (see budgets.parse_budget) by a monotone search over d.
 
     The executed MACs grow with d (deeper maps run more blocks at more pixels), so bisection finds the
     largest d whose MACs are within the target. The MACs depend only on the adapter's depth maps, so

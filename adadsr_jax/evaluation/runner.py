@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from adadsr_jax import metrics
+from adadsr_jax.evaluation.budgets import parse_budget
 from adadsr_jax.evaluation.cost_model import CostModel, budget_ms_depth
-from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs, parse_budget
-from adadsr_jax.models import ModelConfig
+from adadsr_jax.evaluation.inference import Predictor, budget_depth, gmacs
 
 IMAGE_FIELDS = (
     "name",
@@ -365,15 +365,6 @@ def _model_record(name: str, pred, hr: np.ndarray, scale: int) -> ImageRecord:
         dense_latency_ms=pred.dense_latency_ms,
         speedup=pred.speedup,
     )
-
-
-def default_depths(config: ModelConfig) -> tuple[float, ...]:
-    """The paper's sweep scaled to D: D/4, D/2, 3D/4, D (the release's 8, 16, 24, 32 for D = 32; 5, 10,
-    15, 20 for D = 20) for an adaptive model; (D,) for a plain backbone, which has no other depth."""
-    d = float(config.max_depth)
-    if not config.adaptive:
-        return (d,)
-    return tuple(round(d * q, 3) for q in (0.25, 0.5, 0.75, 1.0))
 
 
 def finite_or_none(value: float | None) -> float | str | None:

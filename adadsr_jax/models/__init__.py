@@ -1,12 +1,6 @@
 """Flax NNX models: EDSR/RCAN backbones, the AdaDSR adapter and masked residual stacks."""
 
-from adadsr_jax.masks import block_mask, executed_depth, mean_executed_depth
-from adadsr_jax.models.adapter import Adapter
-from adadsr_jax.models.config import PRESETS, ModelConfig, get_model_config
-from adadsr_jax.models.edsr import EDSRBody
-from adadsr_jax.models.layers import pixel_shuffle
-from adadsr_jax.models.network import AdaDSR, create_model
-from adadsr_jax.models.rcan import RCANBody, channel_attention
+from adadsr_jax.lazy_imports import lazy_exports
 
 __all__ = [
     "PRESETS",
@@ -23,3 +17,16 @@ __all__ = [
     "mean_executed_depth",
     "pixel_shuffle",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "adadsr_jax.masks": ("block_mask", "executed_depth", "mean_executed_depth"),
+        "adadsr_jax.models.adapter": ("Adapter",),
+        "adadsr_jax.models.config": ("PRESETS", "ModelConfig", "get_model_config"),
+        "adadsr_jax.models.edsr": ("EDSRBody",),
+        "adadsr_jax.models.layers": ("pixel_shuffle",),
+        "adadsr_jax.models.network": ("AdaDSR", "create_model"),
+        "adadsr_jax.models.rcan": ("RCANBody", "channel_attention"),
+    },
+)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adadsr_jax.models.config import DepthInput
 from adadsr_jax.models.layers import Conv
-
-DepthInput = Literal["weight", "output"]
 
 
 class PReLUConv(nnx.Module):

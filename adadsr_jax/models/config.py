@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from adadsr_jax.models.adapter import DepthInput
+DepthInput = Literal["weight", "output"]
 
 Backbone = Literal["edsr", "rcan"]
 
@@ -52,6 +52,15 @@ class ModelConfig:
     def max_depth(self) -> int:
         """D: blocks in one masked stack (per group for RCAN)."""
         return self.num_blocks
+
+    @property
+    def default_depths(self) -> tuple[float, ...]:
+        """The paper's sweep scaled to D: D/4, D/2, 3D/4, D (the release's 8, 16, 24, 32 for D = 32; 5, 10,
+        15, 20 for D = 20) for an adaptive model; (D,) for a plain backbone, which has no other depth."""
+        d = float(self.max_depth)
+        if not self.adaptive:
+            return (d,)
+        return tuple(round(d * q, 3) for q in (0.25, 0.5, 0.75, 1.0))
 
 
 def _edsr(blocks: int, features: int, res_scale: float) -> ModelConfig:

@@ -33,8 +33,7 @@ from ml_collections.config_dict import placeholder
 
 from adadsr_jax.cli import UserError, require_dir, require_file
 from adadsr_jax.data.sources import SOURCES
-from adadsr_jax.evaluation.runner import default_depths
-from adadsr_jax.models import ModelConfig, get_model_config
+from adadsr_jax.models.config import ModelConfig, get_model_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -240,7 +239,7 @@ def resolve_config(config: ml_collections.ConfigDict | Mapping[str, Any] | RunCo
     if train.get("depth_loss_weight") is None:
         train["depth_loss_weight"] = default_weight
     if train.get("eval_depths") is None:
-        train["eval_depths"] = default_depths(model_cfg)
+        train["eval_depths"] = model_cfg.default_depths
     train_config = _section(TrainConfig, train, "train")
     for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(train_config, key) < 1:
