@@ -560,7 +560,8 @@ class MsBudgetResult:
     target_ms: asked; aimed_ms: what the search fits, target_ms / (1 + the model's margin);
     predicted_ms: the cost model's time at desired_depth; met: False when even d = 0 is predicted over
     aimed_ms (then d = 0); evaluations: predictions the search made; adapter_passes: head + adapter runs
-    (1 for an output-scaling adapter); the body never runs.
+    (1 for an output-scaling adapter); the body never runs. slowdown: the factor the predicted times
+    were multiplied by (1, or this image's measured / predicted time after `retry_budget_ms_depth`).
     """
 
     target_ms: float
@@ -570,10 +571,11 @@ class MsBudgetResult:
     met: bool
     evaluations: int
     adapter_passes: int
+    slowdown: float = 1.0
 
 
 def budget_ms_depth(
-    predictor: Predictor, lr: np.ndarray, target_ms: float, model: CostModel
+    predictor: Predictor, lr: np.ndarray, target_ms: float, model: CostModel, *, slowdown: float = 1.0
 ) -> MsBudgetResult:
     """The largest d in [0, D] whose predicted time for `lr` fits target_ms / (1 + model.margin)
     (bisection, `search_depth`).
@@ -597,9 +599,27 @@ def budget_ms_depth(
 
     def cost(d: float) -> float:
         if d not in cache:
-            cache[d] = model.predict_ms(counter.depth_maps_at(d))
+            cache[d] = slowdown * model.predict_ms(counter.depth_maps_at(d))
         return cache[d]
 
     aimed = float(target_ms) / (1.0 + model.margin)
     d, predicted, met, n = search_depth(cost, aimed, lo=0.0, hi=float(predictor.max_depth))
-    return MsBudgetResult(float(target_ms), aimed, predicted, d, met, n, counter.adapter_passes)
+    return MsBudgetResult(float(target_ms), aimed, predicted, d, met, n, counter.adapter_passes, slowdown)
+
+
+def retry_budget_ms_depth(
+    predictor: Predictor, lr: np.ndarray, first: MsBudgetResult, measured_ms: float, model: CostModel
+) -> MsBudgetResult | None:
+    """The search again for an image whose forward at first.desired_depth measured over its target, with
+    this image's predicted times multiplied by its measured / predicted time; None when the forward fit
+    the target, ran at d = 0 (nothing to cut) or the scaled search keeps the same d.
+
+    The latency model fits its calibration images on average; one image can run slower than its features
+    say, or the machine slower than at calibration. On a second 2-core host the demo model's 240 x 240
+    photos ran 1.1-1.4x their prediction (11 of 24 (image, T) pairs within +10% of T; README). The
+    callers run the forward once more at the returned depth, so a retried image costs two forwards."""
+    if measured_ms <= first.target_ms or first.desired_depth <= 0 or first.predicted_ms <= 0:
+        return None
+    slowdown = first.slowdown * measured_ms / first.predicted_ms
+    retry = budget_ms_depth(predictor, lr, first.target_ms, model, slowdown=slowdown)
+    return retry if retry.desired_depth < first.desired_depth else None
