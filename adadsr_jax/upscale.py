@@ -309,7 +309,7 @@ def run(args) -> list[Path]:
             # Timed after the prediction (its compile), the inputs already on the device, as evaluate.py.
             lr = image.rgb.astype(np.float32)
             measured = predictor.time_forward(lr, np.float32(depth), args.repeats)
-            retry = retry_budget_ms_depth(predictor, image.rgb, chosen, measured, cost_model)
+            retry = retry_budget_ms_depth(predictor, chosen, measured, cost_model)
             if retry is not None:
                 timing = f", ran {measured:.1f} ms at d = {depth:.3g}, so again at a lower d"
                 chosen, depth = retry, retry.desired_depth

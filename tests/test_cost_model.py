@@ -281,23 +281,24 @@ def test_an_image_that_runs_slower_than_predicted_is_searched_again_at_its_own_s
     first = cm.budget_ms_depth(p, UNSEEN, target, known)
     assert first.slowdown == 1.0 and 0.0 < first.desired_depth < 3.0
     # The forward ran 1.3x its prediction (over T): searched again on 1.3x the predicted curve.
-    retry = cm.retry_budget_ms_depth(p, UNSEEN, first, 1.3 * first.predicted_ms, known)
+    retry = cm.retry_budget_ms_depth(p, first, 1.3 * first.predicted_ms, known)
     assert retry is not None and retry.slowdown == pytest.approx(1.3)
     assert retry.desired_depth < first.desired_depth and retry.target_ms == target
+    assert retry.adapter_passes == 1  # the first search's adapter maps, not another pass
     assert (
         retry.predicted_ms == pytest.approx(1.3 * predicted(retry.desired_depth))
         and retry.predicted_ms <= target
     )
     assert 1.3 * predicted(retry.desired_depth + 3.0 / 2**14) > target  # the largest d that fits at 1.3x
     # A second miss compounds: slowdown 1.3 * measured / (its scaled prediction).
-    again = cm.retry_budget_ms_depth(p, UNSEEN, retry, 1.1 * retry.predicted_ms, known)
+    again = cm.retry_budget_ms_depth(p, retry, 1.1 * retry.predicted_ms, known)
     assert again is None or again.slowdown == pytest.approx(1.3 * 1.1)
     # Within T (even if over the prediction), or at d = 0 already: no retry.
-    assert cm.retry_budget_ms_depth(p, UNSEEN, first, target, known) is None
+    assert cm.retry_budget_ms_depth(p, first, target, known) is None
     low = cm.budget_ms_depth(p, UNSEEN, 0.5 * predicted(0.0), known)
-    assert low.desired_depth == 0.0 and cm.retry_budget_ms_depth(p, UNSEEN, low, 10 * target, known) is None
+    assert low.desired_depth == 0.0 and cm.retry_budget_ms_depth(p, low, 10 * target, known) is None
     # An image 100x slower than predicted fits at no depth: d = 0, met False (said as for any image).
-    hopeless = cm.retry_budget_ms_depth(p, UNSEEN, first, 100 * first.predicted_ms, known)
+    hopeless = cm.retry_budget_ms_depth(p, first, 100 * first.predicted_ms, known)
     assert (hopeless.desired_depth, hopeless.met) == (0.0, False)
 
 

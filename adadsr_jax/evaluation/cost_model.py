@@ -571,11 +571,13 @@ class MsBudgetResult:
     met: bool
     evaluations: int
     adapter_passes: int
-    slowdown: float = 1.0
+    slowdown: float
+    # The image's head + adapter maps, so that a retry searches again without another adapter pass.
+    counter: AdapterCosts = dataclasses.field(repr=False, compare=False)
 
 
 def budget_ms_depth(
-    predictor: Predictor, lr: np.ndarray, target_ms: float, model: CostModel, *, slowdown: float = 1.0
+    predictor: Predictor, lr: np.ndarray, target_ms: float, model: CostModel
 ) -> MsBudgetResult:
     """The largest d in [0, D] whose predicted time for `lr` fits target_ms / (1 + model.margin)
     (bisection, `search_depth`).
@@ -594,7 +596,13 @@ def budget_ms_depth(
         raise ValueError(NEEDS_ADAPTIVE)
     if model.spec != exec_spec(predictor.config, sparse=predictor.sparse):
         raise ValueError(f"this latency model is for {model.spec}, not for this predictor ({predictor.mode})")
-    counter = predictor.adapter_costs(lr)
+    return _search_ms(predictor, predictor.adapter_costs(lr), target_ms, model, slowdown=1.0)
+
+
+def _search_ms(
+    predictor: Predictor, counter: AdapterCosts, target_ms: float, model: CostModel, *, slowdown: float
+) -> MsBudgetResult:
+    """budget_ms_depth's search on the image's adapter maps, its predicted times times `slowdown`."""
     cache: dict[float, float] = {}
 
     def cost(d: float) -> float:
@@ -604,11 +612,13 @@ def budget_ms_depth(
 
     aimed = float(target_ms) / (1.0 + model.margin)
     d, predicted, met, n = search_depth(cost, aimed, lo=0.0, hi=float(predictor.max_depth))
-    return MsBudgetResult(float(target_ms), aimed, predicted, d, met, n, counter.adapter_passes, slowdown)
+    return MsBudgetResult(
+        float(target_ms), aimed, predicted, d, met, n, counter.adapter_passes, slowdown, counter
+    )
 
 
 def retry_budget_ms_depth(
-    predictor: Predictor, lr: np.ndarray, first: MsBudgetResult, measured_ms: float, model: CostModel
+    predictor: Predictor, first: MsBudgetResult, measured_ms: float, model: CostModel
 ) -> MsBudgetResult | None:
     """The search again for an image whose forward at first.desired_depth measured over its target, with
     this image's predicted times multiplied by its measured / predicted time; None when the forward fit
@@ -617,9 +627,10 @@ def retry_budget_ms_depth(
     The latency model fits its calibration images on average; one image can run slower than its features
     say, or the machine slower than at calibration. On a second 2-core host the demo model's 240 x 240
     photos ran 1.1-1.4x their prediction (11 of 24 (image, T) pairs within +10% of T; README). The
-    callers run the forward once more at the returned depth, so a retried image costs two forwards."""
+    callers run the forward once more at the returned depth, so a retried image costs two forwards; the
+    search reuses `first`'s adapter maps."""
     if measured_ms <= first.target_ms or first.desired_depth <= 0 or first.predicted_ms <= 0:
         return None
     slowdown = first.slowdown * measured_ms / first.predicted_ms
-    retry = budget_ms_depth(predictor, lr, first.target_ms, model, slowdown=slowdown)
+    retry = _search_ms(predictor, first.counter, first.target_ms, model, slowdown=slowdown)
     return retry if retry.desired_depth < first.desired_depth else None

@@ -348,7 +348,7 @@ def evaluate_set(
             chosen = budget_ms_depth(predictor, lr, target, cost_model)
             pred = predictor.predict(lr, chosen.desired_depth, repeats=repeats)
             if pred.latency_ms is not None:
-                retry = retry_budget_ms_depth(predictor, lr, chosen, pred.latency_ms, cost_model)
+                retry = retry_budget_ms_depth(predictor, chosen, pred.latency_ms, cost_model)
                 if retry is not None:
                     chosen, pred = retry, predictor.predict(lr, retry.desired_depth, repeats=repeats)
             rec = _model_record(name, pred, hr, scale)
