@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conv_oracle import conv3x3_same_f64, reference
 from scipy import ndimage
 
 from adadsr_jax.kernels import (
@@ -19,35 +20,14 @@ from adadsr_jax.kernels import (
     sparse_conv3x3,
     sparse_conv3x3_jax,
     sparse_conv3x3_pallas,
+    stack_threshold_for,
     threshold_for,
     to_padded_flat,
     uses_pallas,
 )
 from adadsr_jax.kernels.plan import use_dense_stack
+from adadsr_jax.kernels.sparse_conv_pallas import PallasTiles, dot_precision
 from adadsr_jax.models.sparse_stacks import sparse_edsr_stack, sparse_rcan_group
-
-
-def conv3x3_same_f64(x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Independent oracle: SAME 3x3 conv in float64 by explicit shifted sums. x [N,H,W,Ci], k HWIO."""
-    n, h, w, _ = x.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    y = np.zeros((n, h, w, k.shape[3]))
-    for dy in range(3):
-        for dx in range(3):
-            y += xp[:, dy : dy + h, dx : dx + w, :] @ k[dy, dx].astype(np.float64)
-    return y + b.astype(np.float64)
-
-
-def reference(x, dst, mask, k, b, epilogue, coef):
-    """Dense conv, epilogue, kept where mask is set; dst elsewhere. All numpy float64."""
-    y = conv3x3_same_f64(x, k, b)
-    if epilogue == "relu":
-        out = np.maximum(y, 0)
-    elif epilogue == "residual":
-        out = dst + coef[..., None] * y
-    else:
-        out = coef[..., None] * y
-    return np.where(mask[..., None], out, dst)
 
 
 def coherent_mask(shape, frac, seed):
@@ -207,18 +187,24 @@ def test_dispatcher_branches_agree(backend, threshold):
     np.testing.assert_allclose(np.asarray(from_padded_flat(out, LAYOUT)), ref, rtol=1e-5, atol=2e-5)
 
 
-def test_threshold_for_non_power_of_two_channels():
-    """On a GPU, C=48 has no Triton kernel: the conv runs the JAX path, so the dispatcher and the stack
-    switch both use the CPU crossover for C=48 (0.5), not the GPU estimate (0.6); C=64 uses the GPU one."""
+def test_thresholds_follow_the_measured_backends():
+    """The crossovers measured on CPU and on the H200 (benchmarks/RESULTS.md): on a GPU a conv the Triton
+    kernel runs (C=64) switches to dense above 15% active, one it cannot (C=48, the JAX path, which lost
+    at every fraction on the GPU) always; the CPU table is untouched. The whole-stack switch on a GPU runs
+    the dense stack whenever anything executes, the CPU stack switch uses the per-conv crossover."""
     assert not uses_pallas(48, 48, "gpu") and uses_pallas(64, 64, "gpu") and not uses_pallas(64, 64, "cpu")
-    assert threshold_for(48, 48, "gpu") == dense_threshold_for("cpu", 48) == 0.5
-    assert threshold_for(64, 64, "gpu") == dense_threshold_for("gpu", 64) == 0.6
-    assert threshold_for(64, 64, "cpu") == 0.5
-    # A constant depth 11 of 20 blocks executes 55% of the stack: between the two crossovers.
+    assert threshold_for(48, 48, "gpu") == 0.0
+    assert threshold_for(64, 64, "gpu") == dense_threshold_for("gpu", 64) == 0.15
+    assert threshold_for(64, 64, "cpu") == 0.5 and threshold_for(48, 48, "cpu") == 0.5
+    assert stack_threshold_for(64, "gpu") == stack_threshold_for(48, "gpu") == 0.0
+    assert stack_threshold_for(64, "cpu") == threshold_for(64, 64, "cpu")
+    # A constant depth 11 of 20 blocks executes 55% of the stack: above the CPU crossover at C=48 (0.5),
+    # below it at C=256 (0.85); any executed block means dense on a GPU, none means the (empty) sparse stack.
     depth = jnp.full((1, 4, 4, 1), 11.0)
-    assert bool(use_dense_stack(depth, 20, 48, platform="gpu"))
     assert bool(use_dense_stack(depth, 20, 48, platform="cpu"))
-    assert not bool(use_dense_stack(depth, 20, 64, platform="gpu"))
+    assert not bool(use_dense_stack(depth, 20, 256, platform="cpu"))
+    assert bool(use_dense_stack(jnp.full((1, 4, 4, 1), 0.5), 20, 256, platform="gpu"))
+    assert not bool(use_dense_stack(jnp.zeros((1, 4, 4, 1)), 20, 256, platform="gpu"))
 
 
 def test_nested_order_prefixes_are_block_lists():
@@ -246,8 +232,7 @@ def pallas_interpret():
     def f(src, dst, rows, count, coef, *, epilogue):
         return sparse_conv3x3_pallas(
             operands(src, dst, rows, count, coef, epilogue),
-            block_rows=16,
-            block_cout=16,
+            tiles=PallasTiles(block_rows=16, block_cout=16),
             interpret=True,
         )
 
@@ -283,6 +268,18 @@ def test_pallas_interpret_bfloat16(pallas_interpret, jax_path):
     np.testing.assert_allclose(
         np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-2, atol=2e-2
     )
+
+
+def test_pallas_dots_follow_the_default_matmul_precision():
+    """Triton runs float32 dots in TF32 unless asked: under jax.default_matmul_precision("float32") the
+    kernel asks for full float32 (IEEE), as XLA's dense conv then computes; bfloat16 maps are unchanged."""
+    assert dot_precision(jnp.float32) is None
+    for name in ("float32", "highest"):
+        with jax.default_matmul_precision(name):
+            assert dot_precision(jnp.float32) == jax.lax.Precision.HIGHEST
+            assert dot_precision(jnp.bfloat16) is None
+    with jax.default_matmul_precision("tensorfloat32"):
+        assert dot_precision(jnp.float32) is None
 
 
 @pytest.mark.parametrize("channels", [32, 64, 256])

@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import inspect
 import json
 import os
 import platform as platform_module
@@ -59,11 +58,11 @@ from flax import nnx
 
 import adadsr_jax
 from adadsr_jax.evaluation.inference import AdapterCosts, Predictor, search_depth
-from adadsr_jax.kernels.dispatch import threshold_for, tiled_stack_plan, uses_pallas
+from adadsr_jax.kernels.dispatch import stack_threshold_for, tiled_stack_plan, uses_pallas
 from adadsr_jax.kernels.layout import prefix_counts
 from adadsr_jax.kernels.plan import use_dense_stack
 from adadsr_jax.kernels.sparse_conv_jax import computed_rows, tile_sizes
-from adadsr_jax.kernels.sparse_conv_pallas import sparse_conv3x3_pallas
+from adadsr_jax.kernels.sparse_conv_pallas import pallas_tiles
 from adadsr_jax.kernels.sparse_tiles import DEFAULT_TILE as TILE_SIDE
 from adadsr_jax.kernels.sparse_tiles import TileGrid, tile_levels
 from adadsr_jax.masks import executed_levels
@@ -88,7 +87,8 @@ class ExecSpec:
     """What, besides the depth map, decides the work of one forward.
 
     threshold: the dense-crossover active fraction of the stack switch and the per-conv dispatcher
-    (`kernels.dispatch.threshold_for(C, C)`; for a tiled EDSR stack, its plan's stack_dense); tile: rows
+    (`kernels.dispatch.stack_threshold_for(C)`, on CPU also the per-conv one; on a GPU it is 0, so a
+    sparse stack runs only when nothing executes; for a tiled EDSR stack, its plan's stack_dense); tile: rows
     per sparse conv tile, None for the JAX path's `tile_sizes(None, pixels, C, C)`, or the tile side T
     of a tiled stack; tiled_chunk: tiles per chunk when the stacks run tiled (kernels/sparse_tiles.py),
     else None; block_dense: a tiled stack's per-block dense switch (`TiledStackPlan.block_dense`).
@@ -121,8 +121,8 @@ def exec_spec(config: ModelConfig, *, sparse: bool, platform: str | None = None)
     c = int(config.num_features)
     tile = None
     if uses_pallas(c, c, platform):
-        tile = int(inspect.signature(sparse_conv3x3_pallas).parameters["block_rows"].default)
-    threshold = float(threshold_for(c, c, platform))
+        tile = pallas_tiles(c).block_rows
+    threshold = float(stack_threshold_for(c, platform))
     tiled = tiled_stack_plan(c, platform) if config.backbone == "edsr" else None
     if tiled is not None:
         tile, threshold = TILE_SIDE, float(tiled.stack_dense)

@@ -8,6 +8,7 @@ from adadsr_jax.kernels.dispatch import (
     dense_conv3x3_padded,
     dense_threshold_for,
     sparse_conv3x3,
+    stack_threshold_for,
     threshold_for,
     uses_pallas,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "sparse_conv3x3",
     "sparse_conv3x3_jax",
     "sparse_conv3x3_pallas",
+    "stack_threshold_for",
     "threshold_for",
     "to_padded_flat",
     "uses_pallas",

@@ -25,12 +25,19 @@ Backend = Literal["auto", "pallas", "jax", "tiles", "dense"]
 # Active fraction above which the dense convolution beats the sparse path, measured with
 # benchmarks/sparse_conv.py (benchmarks/RESULTS.md), by input channel count. CPU: a pixel-sparse conv
 # costs about 1.9x (C=32), 1.7-1.9x (C=64) and 1.1-1.2x (C=256) the dense conv per computed pixel, so the
-# crossovers are near 35%, 50% and 90% active; C=128 is interpolated. GPU: an estimate until the GPU
-# table is measured (no GPU was lent for this work).
+# crossovers are near 35%, 50% and 90% active; C=128 is interpolated. GPU (the Pallas kernel, an H200,
+# one EDSR block on 500x500, coherent masks): the sparse block's time equals XLA's dense block's near
+# 15% active in float32 (C=64, both in TF32) and near 25-30% in bfloat16 (C=64 and 256); the lower one.
 DENSE_THRESHOLD = {
     "cpu": ((32, 0.35), (64, 0.5), (128, 0.7), (None, 0.85)),
-    "gpu": ((None, 0.6),),
+    "gpu": ((None, 0.15),),
 }
+
+# The whole-stack switch of "auto" on a GPU (`stack_threshold_for`): on the H200 the sparse paper AdaEDSR
+# x2 (Pallas, tiles or JAX) took 3-12x XLA's dense forward at 30% and 50% executed MACs, on 128x128 and
+# 256x256 inputs: the per-block work around the kernels outweighs the skipped MACs. So "auto" runs the
+# dense masked stack on a GPU whenever any block executes anywhere.
+GPU_STACK_THRESHOLD = 0.0
 
 
 def dense_threshold_for(platform: str, channels: int) -> float:
@@ -54,14 +61,22 @@ def uses_pallas(cin: int, cout: int, platform: str | None = None) -> bool:
 
 
 def threshold_for(cin: int, cout: int, platform: str | None = None) -> float:
-    """The dense-crossover active fraction "auto" uses for a Cin -> Cout conv on `platform` (default
-    `jax.default_backend()`): the GPU table when the Pallas kernel runs it, else the CPU (JAX path) table.
+    """The dense-crossover active fraction "auto" uses for one Cin -> Cout conv on `platform` (default
+    `jax.default_backend()`): the GPU table where the Pallas kernel runs the conv; 0 for the JAX path on
+    a GPU (channels Triton does not take, e.g. C=48), which lost to the dense conv at every active
+    fraction measured (3.8-37x at 10-90%); the CPU table elsewhere."""
+    platform = jax.default_backend() if platform is None else platform
+    if platform == "gpu":
+        return dense_threshold_for("gpu", cin) if uses_pallas(cin, cout, platform) else 0.0
+    return dense_threshold_for("cpu", cin)
 
-    The single source of this decision for the per-conv dispatcher and the stack-level switch
-    (`kernels.plan.use_dense_stack`), so both agree, e.g. a GPU conv with C=48 (not a power of two)
-    runs the JAX path and uses the CPU crossover.
-    """
-    return dense_threshold_for("gpu" if uses_pallas(cin, cout, platform) else "cpu", cin)
+
+def stack_threshold_for(channels: int, platform: str | None = None) -> float:
+    """The executed fraction above which "auto" runs a whole residual stack of `channels` features
+    dense (`kernels.plan.use_dense_stack`): the per-conv crossover on CPU, `GPU_STACK_THRESHOLD` on a
+    GPU. The single source of this decision for the models and the latency cost model."""
+    platform = jax.default_backend() if platform is None else platform
+    return GPU_STACK_THRESHOLD if platform == "gpu" else threshold_for(channels, channels, platform)
 
 
 @dataclasses.dataclass(frozen=True)

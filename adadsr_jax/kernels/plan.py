@@ -21,7 +21,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from adadsr_jax.kernels.dispatch import threshold_for
+from adadsr_jax.kernels.dispatch import stack_threshold_for
 from adadsr_jax.kernels.layout import active_list, nested_order, prefix_counts, to_padded_flat
 from adadsr_jax.masks import executed_levels
 
@@ -43,11 +43,11 @@ def use_dense_stack(
     platform: str | None = None,
 ) -> jax.Array:
     """bool []: whether the stack's executed pixel-blocks (both convs, dilation included) exceed
-    `threshold` of the dense stack's. The default threshold is `threshold_for(C, C, platform)`, the one
-    the per-conv dispatcher uses for the stack's convs (platform: a JAX backend name, default the
-    current one)."""
+    `threshold` of the dense stack's. The default threshold is `stack_threshold_for(C, platform)`: on
+    CPU the one the per-conv dispatcher uses for the stack's convs, on a GPU the whole-model
+    measurement (platform: a JAX backend name, default the current one)."""
     if threshold is None:
-        threshold = threshold_for(channels, channels, platform)
+        threshold = stack_threshold_for(channels, platform)
     levels, dilated = stack_levels(depth_map, num_blocks)
     executed = (levels.sum() + dilated.sum()).astype(jnp.float32)
     return executed > threshold * 2 * num_blocks * levels.size

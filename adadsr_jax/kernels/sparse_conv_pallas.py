@@ -14,6 +14,7 @@ side; `lax.rem`/`lax.div` on traced ints, never Python `%`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -33,6 +34,36 @@ def pallas_supported(cin: int, cout: int) -> bool:
     return _is_pow2(cin) and cin >= 16 and cout >= 16 and (_is_pow2(cout) or cout % 64 == 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class PallasTiles:
+    """The kernel's launch configuration: list rows per program, output channels per program (None:
+    min(Cout, 128)), Triton warps and pipeline stages."""
+
+    block_rows: int = 64
+    block_cout: int | None = None
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# By input channels; widths not listed use PallasTiles(). Measured on an H200 with
+# `benchmarks/gpu_check.py tune` (benchmarks/RESULTS.md, "GPU").
+PALLAS_TILES: dict[int, PallasTiles] = {}
+
+
+def pallas_tiles(cin: int) -> PallasTiles:
+    """The launch configuration the kernel uses for `cin` input channels by default."""
+    return PALLAS_TILES.get(cin, PallasTiles())
+
+
+def dot_precision(dtype) -> jax.lax.Precision | None:
+    """The precision of the kernel's dots: Triton runs float32 dots in TF32 unless told otherwise, as
+    XLA's GPU convs do at default precision; under `jax.default_matmul_precision("float32")` (or
+    "highest") XLA computes in full float32, so the kernel does too (IEEE dots), and the sparse and dense
+    paths keep agreeing. bfloat16 maps are unaffected."""
+    full = jax.config.jax_default_matmul_precision in ("float32", "highest")
+    return jax.lax.Precision.HIGHEST if full and jnp.dtype(dtype) == jnp.float32 else None
+
+
 def _kernel(
     gather_ref,
     store_ref,
@@ -47,6 +78,7 @@ def _kernel(
     offsets: tuple[int, ...],
     trash_row: int,
     block_cout: int,
+    precision: jax.lax.Precision | None,
 ):
     del dst_ref  # aliased to out_ref: read and written through out_ref, in place
     j = pl.program_id(1)
@@ -61,7 +93,7 @@ def _kernel(
         acc = jnp.zeros((rows.shape[0], block_cout), jnp.float32)
         for t, off in enumerate(offsets):
             taps = src_ref[rows + off, :]
-            acc += jnp.dot(taps, w_ref[t, :, cols], preferred_element_type=jnp.float32)
+            acc += jnp.dot(taps, w_ref[t, :, cols], preferred_element_type=jnp.float32, precision=precision)
         y = acc + b_ref[cols].astype(jnp.float32)[None, :]
         if epilogue == "relu":
             y = jnp.maximum(y, 0.0)
@@ -75,21 +107,21 @@ def _kernel(
 def sparse_conv3x3_pallas(
     conv: SparseConv,
     *,
-    block_rows: int = 64,
-    block_cout: int | None = None,
-    num_warps: int = 4,
-    num_stages: int = 2,
+    tiles: PallasTiles | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """`conv` (see SparseConv) as a Pallas Triton kernel; returns the new dst [P, Cout].
 
-    float32 or bfloat16 maps; accumulation in float32. `interpret=True` runs the kernel body with the
-    Pallas interpreter (any backend, for tests).
+    float32 or bfloat16 maps; accumulation in float32. tiles: the launch configuration (None:
+    `pallas_tiles(Cin)`). `interpret=True` runs the kernel body with the Pallas interpreter (any
+    backend, for tests).
     """
     conv.check()
     cin, cout = conv.channels
     if not pallas_supported(cin, cout):
         raise ValueError(f"the Triton kernel needs power-of-two channels >= 16, got Cin={cin}, Cout={cout}")
+    tiles = pallas_tiles(cin) if tiles is None else tiles
+    block_rows, block_cout = tiles.block_rows, tiles.block_cout
     if not _is_pow2(block_rows) or block_rows < 16:
         raise ValueError(f"block_rows must be a power of two >= 16, got {block_rows}")
     if block_cout is None:
@@ -120,6 +152,7 @@ def sparse_conv3x3_pallas(
         offsets=tuple(int(o) for o in layout.tap_offsets()),
         trash_row=trash,
         block_cout=block_cout,
+        precision=dot_precision(src.dtype),
     )
     out = pl.pallas_call(
         body,
@@ -128,7 +161,7 @@ def sparse_conv3x3_pallas(
         in_specs=[list_spec, list_spec, list_spec, whole, whole, whole, whole],
         out_specs=whole,
         input_output_aliases={6: 0},
-        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        compiler_params=pltriton.CompilerParams(num_warps=tiles.num_warps, num_stages=tiles.num_stages),
         interpret=interpret,
         name=f"sparse_conv3x3_{conv.epilogue}",
     )(gather_rows, store_rows, coef_rows, src, w, conv.bias, dst)

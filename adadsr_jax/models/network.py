@@ -83,9 +83,9 @@ class AdaDSR(nnx.Module):
         sparse: inference only; compute each residual block only at the pixels its mask needs
         (adadsr_jax.kernels; docs/adaptive_inference.md): same outputs as the dense call up to float
         rounding, less work when the depth map is below the maximum depth. sparse_backend: "auto"
-        (Pallas on GPU; on CPU the tiled path for EDSR stacks of <= 64 features, else the
-        pixel-list JAX path; dense above the measured active fraction), "pallas", "jax", "tiles" (EDSR
-        only) or "dense".
+        (on CPU the tiled path for EDSR stacks of <= 64 features, else the pixel-list JAX path, dense
+        above the measured active fraction; on a GPU the dense masked stack whenever a block executes,
+        since the sparse stack lost to it on an H200), "pallas", "jax", "tiles" (EDSR only) or "dense".
         Returns sr [N, s*h, s*w, 3] float (0..255, unclipped) and aux with
           "depth_map": [N, h, w, G] float32 (plain backbones: D everywhere),
           "mean_depth": [N], mean of ceil(clip(depth_map, 0, D)) as the release reports it.
