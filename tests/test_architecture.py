@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models",),
     ("macs", "losses"),
     ("checkpoint",),
+    ("conversion",),
     ("convert",),
     ("evaluation",),
     ("training",),
@@ -106,7 +107,7 @@ def test_checker_sees_an_upward_import(tmp_path):
     (fake / "data" / "__init__.py").write_text(f"lazy_exports(globals(), {exports})\n")
     assert upward_imports(fake) == [
         "adadsr_jax.data imports adadsr_jax.models (layer 3 >= 1)",
-        "adadsr_jax.models imports adadsr_jax.training (layer 8 >= 3)",
+        "adadsr_jax.models imports adadsr_jax.training (layer 9 >= 3)",
         "adadsr_jax.models.net imports adadsr_jax.macs (layer 4 >= 3)",
     ]
 

@@ -125,15 +125,17 @@ def test_upscale_out_is_an_existing_file(ckpt, photo, tmp_path):
 
 
 def test_user_errors_are_reported_before_jax_is_imported(tmp_path):
-    """A wrong path costs an interpreter start, not jax's ~4 s import: evaluate, upscale and train (after
-    loading its config file) refuse it with nothing of jax, flax or orbax imported."""
+    """A wrong path costs an interpreter start, not jax's ~4 s import: evaluate, upscale, convert and train
+    (after loading its config file) refuse it with nothing of jax, flax or orbax imported."""
     missing = tmp_path / "missing"
     code = f"""
 import runpy, sys
 from adadsr_jax.evaluation.cli import main as evaluate
 from adadsr_jax.upscale import main as upscale
+from adadsr_jax.convert import main as convert
 codes = [evaluate(["--checkpoint", "{missing}", "--output", "out"])]
 codes.append(upscale(["{missing}.png", "--checkpoint", "{missing}", "--out", "out"]))
+codes.append(convert(["{missing}.pth", "--model", "adaedsr", "--scale", "2", "--out", "out"]))
 sys.argv = ["train.py", "--config", "configs/tiny.py", "--workdir", "{tmp_path / "run"}",
             "--config.data.kind=folder", "--config.data.root={missing}"]
 try:
@@ -143,10 +145,19 @@ except SystemExit as stop:
 print(codes, [m for m in ("jax", "flax", "orbax.checkpoint", "optax", "grain") if m in sys.modules])
 """
     proc = run([sys.executable, "-c", code])
-    assert proc.stdout.splitlines()[-1] == "[2, 2, 2] []", proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[2, 2, 2, 2] []", proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert [line.split(": ")[1] for line in errors] == [str(missing), f"{missing}.png", str(missing)], errors
+    paths = [str(missing), f"{missing}.png", f"{missing}.pth", str(missing)]
+    assert [line.split(": ")[1] for line in errors] == paths, errors
     assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_layout_choices_are_the_converters_layouts():
+    """convert.py writes the layouts out to stay jax-free; they must be conversion.LAYOUTS."""
+    from adadsr_jax import conversion, convert
+
+    assert ("auto", *conversion.LAYOUTS) == convert.LAYOUT_CHOICES
+    assert convert.LAYOUTS is conversion.LAYOUTS
 
 
 # ------------------------------------------------------------------ 3, 4, 5: train's --config and --workdir
