@@ -44,7 +44,7 @@ from adadsr_jax.kernels import (
     sparse_conv3x3_pallas,
     to_padded_flat,
 )
-from adadsr_jax.kernels.sparse_conv_pallas import PALLAS_TILES, PallasTiles
+from adadsr_jax.kernels.sparse_conv_pallas import PallasTiles
 from adadsr_jax.models.sparse_stacks import block_convs
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
@@ -186,8 +186,7 @@ def _spread_model(name: str, lr: jax.Array, **overrides):
 
 
 def _forwards(model, backends: list[str]):
-    """(state, dense(state, lr, d) -> (sr, aux), {backend: sparse(state, lr, d) -> (sr, aux)}); a backend
-    "pallas_tuned" is "pallas", traced under `tuned_tiles` by the caller."""
+    """(state, dense(state, lr, d) -> (sr, aux), {backend: sparse(state, lr, d) -> (sr, aux)})."""
     from flax import nnx
 
     graph, state = nnx.split(model)
@@ -197,7 +196,7 @@ def _forwards(model, backends: list[str]):
         return nnx.merge(graph, st)(x, desired_depth=d, sparse=True, sparse_backend=backend)
 
     backends = [b for b in backends if b != "tiles" or model.config.backbone == "edsr"]
-    sparse = {b: jax.jit(functools.partial(sparse, backend=b.removesuffix("_tuned"))) for b in backends}
+    sparse = {b: jax.jit(functools.partial(sparse, backend=b)) for b in backends}
     return state, dense, sparse
 
 
@@ -308,40 +307,11 @@ def speed_cases(args) -> list[dict]:
         lr = jnp.asarray(np.ascontiguousarray(data.astronaut()[:size, 128 : 128 + size]).astype(np.float32))[
             None
         ]
-        tuned = best_tiles(args.tuned)
-        backends = args.backends + (["pallas_tuned"] if tuned else [])
-        if tuned:
-            print(f"pallas_tuned: {tuned}")
-        out.append(_speed_at(lr, backends, args.fractions, args.reps, tuned) | {"tuned": str(tuned)})
+        out.append(_speed_at(lr, args.backends, args.fractions, args.reps))
     return out
 
 
-@contextlib.contextmanager
-def tuned_tiles(tuned: dict[int, PallasTiles]):
-    """PALLAS_TILES with `tuned` in it, for tracing the "pallas_tuned" forwards (compiled once, inside)."""
-    saved = dict(PALLAS_TILES)
-    PALLAS_TILES.update(tuned)
-    try:
-        yield
-    finally:
-        PALLAS_TILES.clear()
-        PALLAS_TILES.update(saved)
-
-
-def best_tiles(tune_json: str | None) -> dict[int, PallasTiles]:
-    """The fastest configuration per width in a `tune` section's JSON (at its largest active fraction)."""
-    if not tune_json or not Path(tune_json).exists():
-        return {}
-    rows = json.loads(Path(tune_json).read_text())["rows"]
-    best = {}
-    for row in sorted(rows, key=lambda r: r["active"]):
-        if row["best"]:
-            r, bc, w, s = row["best"][0][1:].replace("_c", " ").replace("_w", " ").replace("_s", " ").split()
-            best[row["C"]] = PallasTiles(int(r), None if bc == "default" else int(bc), int(w), int(s))
-    return best
-
-
-def _speed_at(lr: jax.Array, backends: list[str], fractions: list[float], reps: int, tuned) -> dict:
+def _speed_at(lr: jax.Array, backends: list[str], fractions: list[float], reps: int) -> dict:
     from dense_peers import depth_for_fraction
     from flax import nnx
 
@@ -365,8 +335,7 @@ def _speed_at(lr: jax.Array, backends: list[str], fractions: list[float], reps: 
             key = f"{b}_{pct}"
             try:
                 t0 = time.perf_counter()
-                with tuned_tiles(tuned) if b.endswith("_tuned") else contextlib.nullcontext():
-                    got = jax.block_until_ready(f(state, lr, jnp.float32(d))[0])
+                got = jax.block_until_ready(f(state, lr, jnp.float32(d))[0])
                 first_call_s[key] = time.perf_counter() - t0
                 errors[key] = relative_error(got, np.asarray(dense(state, lr, jnp.float32(d))[0], np.float64))
                 fns[key] = functools.partial(f, state, lr, jnp.float32(d))
@@ -402,7 +371,6 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="speed: LR sides")
     p.add_argument("--fractions", type=float, nargs="+", default=None)
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--tuned", default=None, help="speed: a tune.json; adds the pallas_tuned backend")
     p.add_argument("--interpret", action="store_true", help="kernels: Pallas in the interpreter (CPU smoke)")
     args = p.parse_args(argv)
     defaults = {

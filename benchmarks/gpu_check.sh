@@ -66,7 +66,7 @@ for s in "${sections[@]}"; do
     block_float32) section block_float32 75 "$block --dtype float32 --out $OUT/block_float32.json" ;;
     tune) section tune 110 "$PY benchmarks/gpu_check.py tune --out $OUT" ;;
     speed_models) section speed 120 "$PY benchmarks/gpu_check.py speed --sizes 256 --backends auto pallas \
-      tiles --tuned $OUT/tune.json --out $OUT" ;;
+      tiles --out $OUT" ;;
     train) section train 60 "$PY benchmarks/train_step.py --model adaedsr --scale 2 --batch 16 --patch 48 \
       --steps 10 | tee $OUT/train_step.json" ;;
     *) echo "unknown section $s" | tee -a "$LOG" ;;

@@ -62,7 +62,7 @@ from adadsr_jax.kernels.dispatch import stack_threshold_for, tiled_stack_plan, u
 from adadsr_jax.kernels.layout import prefix_counts
 from adadsr_jax.kernels.plan import use_dense_stack
 from adadsr_jax.kernels.sparse_conv_jax import computed_rows, tile_sizes
-from adadsr_jax.kernels.sparse_conv_pallas import pallas_tiles
+from adadsr_jax.kernels.sparse_conv_pallas import PallasTiles
 from adadsr_jax.kernels.sparse_tiles import DEFAULT_TILE as TILE_SIDE
 from adadsr_jax.kernels.sparse_tiles import TileGrid, tile_levels
 from adadsr_jax.masks import executed_levels
@@ -121,7 +121,7 @@ def exec_spec(config: ModelConfig, *, sparse: bool, platform: str | None = None)
     c = int(config.num_features)
     tile = None
     if uses_pallas(c, c, platform):
-        tile = pallas_tiles(c).block_rows
+        tile = PallasTiles().block_rows
     threshold = float(stack_threshold_for(c, platform))
     tiled = tiled_stack_plan(c, platform) if config.backbone == "edsr" else None
     if tiled is not None:

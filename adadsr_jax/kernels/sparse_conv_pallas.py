@@ -45,16 +45,6 @@ class PallasTiles:
     num_stages: int = 2
 
 
-# By input channels; widths not listed use PallasTiles(). Measured on an H200 with
-# `benchmarks/gpu_check.py tune` (benchmarks/RESULTS.md, "GPU").
-PALLAS_TILES: dict[int, PallasTiles] = {}
-
-
-def pallas_tiles(cin: int) -> PallasTiles:
-    """The launch configuration the kernel uses for `cin` input channels by default."""
-    return PALLAS_TILES.get(cin, PallasTiles())
-
-
 def dot_precision(dtype) -> jax.lax.Precision | None:
     """The precision of the kernel's dots: Triton runs float32 dots in TF32 unless told otherwise, as
     XLA's GPU convs do at default precision; under `jax.default_matmul_precision("float32")` (or
@@ -107,20 +97,19 @@ def _kernel(
 def sparse_conv3x3_pallas(
     conv: SparseConv,
     *,
-    tiles: PallasTiles | None = None,
+    tiles: PallasTiles = PallasTiles(),
     interpret: bool = False,
 ) -> jax.Array:
     """`conv` (see SparseConv) as a Pallas Triton kernel; returns the new dst [P, Cout].
 
-    float32 or bfloat16 maps; accumulation in float32. tiles: the launch configuration (None:
-    `pallas_tiles(Cin)`). `interpret=True` runs the kernel body with the Pallas interpreter (any
-    backend, for tests).
+    float32 or bfloat16 maps; accumulation in float32. tiles: the launch configuration
+    (`benchmarks/gpu_check.py tune` times others). `interpret=True` runs the kernel body with the
+    Pallas interpreter (any backend, for tests).
     """
     conv.check()
     cin, cout = conv.channels
     if not pallas_supported(cin, cout):
         raise ValueError(f"the Triton kernel needs power-of-two channels >= 16, got Cin={cin}, Cout={cout}")
-    tiles = pallas_tiles(cin) if tiles is None else tiles
     block_rows, block_cout = tiles.block_rows, tiles.block_cout
     if not _is_pow2(block_rows) or block_rows < 16:
         raise ValueError(f"block_rows must be a power of two >= 16, got {block_rows}")
