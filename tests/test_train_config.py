@@ -31,7 +31,7 @@ def load(name, arg=None):
         ("adarcan", "3", "adarcan", 3, [0.1, 20.0], 0.03, [5.0, 10.0, 15.0, 20.0]),
         ("edsr", "scale=2", "edsr", 2, [0.0, 0.0], 0.0, [32.0]),
         ("rcan", "scale=2", "rcan", 2, [0.0, 0.0], 0.0, [20.0]),
-        ("demo", None, "adaedsr_small", 2, [0.0, 8.0], 0.04, [2.0, 4.0, 6.0, 8.0]),
+        ("demo", None, "adaedsr_small", 2, [0.0, 8.0], 0.06, [2.0, 4.0, 6.0, 8.0]),
         ("tiny", None, "adaedsr_tiny", 2, [0.0, 3.0], 0.01, [0.75, 1.5, 2.25, 3.0]),
     ],
 )
@@ -58,7 +58,7 @@ def test_paper_presets_use_the_release_optimizer():
 def test_demo_uses_the_short_run_optimizer_its_config_documents():
     opt = resolve_config(load("demo", None)).optimizer  # configs/demo.py: lr 2e-3, b2 0.99, cosine
     assert (opt.name, opt.lr, opt.b1, opt.b2) == ("adam", 2e-3, 0.9, 0.99)
-    assert (opt.schedule, opt.decay_steps) == ("cosine", 1200)
+    assert (opt.schedule, opt.decay_steps) == ("cosine", 1600)
 
 
 def test_overrides_and_explicit_values_win():
