@@ -1,6 +1,10 @@
 """Benchmark-set discovery: the four folder layouts of docs/evaluation.md, aliases, HR-only sets,
 clear errors."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -116,3 +120,26 @@ def test_an_image_too_small_for_the_metrics_is_named(tmp_path, scale, smallest):
     message = rf"short\.png: HR image is 40x{smallest - 1} .* at least {smallest}x{smallest}$"
     with pytest.raises(ValueError, match=message):
         bench[1]
+
+
+def test_the_readmes_unseen_photos_script_writes_an_hr_only_set(tmp_path):
+    """benchmarks/unseen_photos.py makes the README's `photos` set: five centre crops, found by name."""
+    from skimage import data
+
+    script = Path(__file__).parents[1] / "benchmarks" / "unseen_photos.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "photos")], check=True, capture_output=True)
+    bench = find_dataset("photos", tmp_path, scale=S)
+    assert (bench.layout, bench.lr_source, len(bench)) == ("hr_only", "generated", 5)
+    pairs = {pair.name: pair for pair in bench}
+    shapes = {name: pair.hr.shape for name, pair in pairs.items()}
+    assert shapes == {
+        "camera": (480, 480, 3),
+        "coins": (302, 302, 3),  # the 303 x 303 crop, mod-cropped to x2
+        "hubble_deep_field": (480, 480, 3),
+        "immunohistochemistry": (480, 480, 3),
+        "retina": (480, 480, 3),
+    }
+    # camera is 512 x 512 gray: its centre 480 x 480 starts at (16, 16), with R = G = B.
+    np.testing.assert_array_equal(pairs["camera"].hr, np.repeat(data.camera()[16:496, 16:496, None], 3, -1))
+    # retina is 1411 x 1411 RGB: (1411 - 480) // 2 = 465.
+    np.testing.assert_array_equal(pairs["retina"].hr, data.retina()[465:945, 465:945])
