@@ -15,35 +15,34 @@ from pathlib import Path
 
 import numpy as np
 
-from adadsr_jax.data.images import save_png
+from adadsr_jax.data.images import load_image, save_png
+from adadsr_jax.data.sources import photo_path
 
-PHOTOS = ("camera", "coins", "hubble_deep_field", "immunohistochemistry", "retina")
+PHOTOS = {  # output name: the file in scikit-image's data folder
+    "camera": "camera.png",
+    "coins": "coins.png",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "immunohistochemistry": "ihc.png",
+    "retina": "retina.jpg",
+}
 MAX_SIDE = 480
 
 
 def centre_crop(image: np.ndarray, side: int = MAX_SIDE) -> np.ndarray:
-    """The centred square of side min(side, H, W) of [H, W, C] or [H, W]."""
+    """The centred square of side min(side, H, W) of [H, W, C]."""
     h, w = image.shape[:2]
     s = min(side, h, w)
     top, left = (h - s) // 2, (w - s) // 2
     return image[top : top + s, left : left + s]
 
 
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] from a gray [H, W] or an RGB(A) [H, W, 3|4] photo."""
-    image = np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3]
-    return np.ascontiguousarray(image.astype(np.uint8))
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="folder to write <photo>.png into (created; those five replaced)")
     args = p.parse_args(argv)
-    from skimage import data  # slow to import; only this script needs it
-
-    for name in PHOTOS:
+    for name, filename in PHOTOS.items():
         path = args.out / f"{name}.png"
-        image = as_rgb(centre_crop(getattr(data, name)()))
+        image = centre_crop(load_image(photo_path(f"skimage:{filename}")))  # gray -> R = G = B
         save_png(path, image)
         print(f"{path}: {image.shape[0]} x {image.shape[1]}")
 

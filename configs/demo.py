@@ -1,4 +1,4 @@
-"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); 7-10 minutes
+"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); 6-10 minutes
 on 2 CPU cores, install included, ending with the held-out photo's PSNR-Y against bicubic.
 
 Run:
@@ -28,8 +28,8 @@ def get_config(arg: str | None = None):
     # README's evaluation set (held-out chelsea + five unseen photos, docs/training.md): with 1200 the
     # smooth retina reached only +0.42 / +0.20 dB over bicubic at d = D/4 / D on one host; with 1600 every
     # photo gains >= +0.8 dB at D/4 and >= +1.0 at D. The run still fits the quick start's 10 minutes.
-    c.optimizer.decay_steps = 1600
     c.train.steps = 1600
+    c.optimizer.decay_steps = c.train.steps
     # From scratch the adapter dies (masks -> 0) within a few dozen steps while the residual blocks are
     # still random; train the backbone alone first, as the paper starts from a pretrained backbone.
     c.train.backbone_warmup_steps = 500

@@ -341,8 +341,9 @@ DEMO_TRAIN_PHOTOS = (
 DEMO_VALID_PHOTOS = ("skimage:chelsea.png",)
 
 
-def _photo_path(spec: str) -> Path:
-    """File of a shipped photo, located without importing the (slow to import) package."""
+def photo_path(spec: str) -> Path:
+    """File of a photo shipped in a wheel, "skimage:camera.png" or "sklearn:china.jpg", located without
+    importing the (slow to import) package."""
     package, filename = spec.split(":")
     subdir = {"skimage": ("data",), "sklearn": ("datasets", "images")}[package]
     found = importlib.util.find_spec(package)
@@ -359,7 +360,7 @@ def _demo_pairs(scale: int, split: str) -> tuple[ImagePair, ...]:
     specs = DEMO_TRAIN_PHOTOS if split == "train" else DEMO_VALID_PHOTOS
     pairs = []
     for spec in specs:
-        lr, hr = make_lr(load_image(_photo_path(spec)), scale)
+        lr, hr = make_lr(load_image(photo_path(spec)), scale)
         hr, lr = np.ascontiguousarray(hr), np.ascontiguousarray(lr)
         hr.setflags(write=False)
         lr.setflags(write=False)
