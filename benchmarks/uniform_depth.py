@@ -1,0 +1,83 @@
+"""PSNR-Y of a trained model run with a constant depth map k (the first k blocks everywhere, k = 1..D).
+
+Not part of the test suite. A diagnostic of the backbone alone, the adapter left out: how much each
+extra block adds on each image. With k = D every mask is one (the forward of `use_adapter=False`).
+Images: the held-out demo photo and the HR photos of a folder, LR made by MATLAB-style bicubic.
+
+  python benchmarks/unseen_photos.py /tmp/photos/photos
+  python benchmarks/uniform_depth.py runs/demo --photos /tmp/photos/photos [--step 400]
+
+--step reads that saved step of a training workdir (default: the best, as evaluate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+import adadsr_jax
+from adadsr_jax.checkpoint import abstract_model, abstract_tree, config_model, open_checkpoints, read_config
+from adadsr_jax.data.bicubic import make_lr
+from adadsr_jax.data.images import load_image
+from adadsr_jax.data.sources import DEMO_VALID_PHOTOS, photo_path
+from adadsr_jax.metrics import psnr
+from adadsr_jax.models import AdaDSR
+from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsample_and_tail
+
+
+def load_step(workdir: str, step: int) -> AdaDSR:
+    """The model saved at `step` of a training workdir."""
+    model = abstract_model(*config_model(read_config(workdir)))
+    graphdef, state = nnx.split(model, nnx.Param)
+    manager = open_checkpoints(workdir)
+    restore = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_tree(nnx.to_pure_dict(state))))
+    params = manager.restore(step, args=restore)["params"]
+    manager.close()
+    return nnx.merge(graphdef, params)
+
+
+def uniform_depth_forward(model: AdaDSR):
+    """A jitted `(lr [1, h, w, 3] float32 0..255, k) -> sr [1, s*h, s*w, 3]` with depth map k everywhere."""
+
+    @jax.jit
+    def forward(lr: jax.Array, k: jax.Array) -> jax.Array:
+        mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
+        z0 = model.head(lr - mean)
+        depth_map = jnp.full((*lr.shape[:3], 1), k, jnp.float32)
+        z = z0 + model.body_lastconv(model.body(z0, depth_map))
+        return upsample_and_tail(model.up, model.tail, z) + mean
+
+    return forward
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a training workdir or checkpoint folder (an EDSR-backbone model)")
+    p.add_argument("--photos", help="a folder of HR photos (PNG) to add to the held-out demo photo")
+    p.add_argument("--step", type=int, help="a saved step of a training workdir (default: the best)")
+    args = p.parse_args(argv)
+    model = adadsr_jax.load_model(args.model) if args.step is None else load_step(args.model, args.step)
+    if model.config.backbone != "edsr":
+        raise SystemExit("error: one depth map for the whole body is an EDSR-backbone diagnostic")
+    images = {Path(spec.split(":")[-1]).stem: photo_path(spec) for spec in DEMO_VALID_PHOTOS}
+    if args.photos:
+        images |= {f.stem: f for f in sorted(Path(args.photos).glob("*.png"))}
+    forward = uniform_depth_forward(model)
+    depths = range(1, model.config.max_depth + 1)
+    print(f"{args.model} (step {args.step or 'best'}): PSNR-Y (dB) with the depth map k everywhere")
+    print(f"{'image':22s} " + " ".join(f"{f'k={k}':>7s}" for k in depths))
+    for name, path in images.items():
+        lr, hr = make_lr(load_image(path), model.scale)
+        lr = jnp.asarray(lr, jnp.float32)[None]
+        values = [psnr(np.asarray(forward(lr, float(k))[0]), hr, scale=model.scale) for k in depths]
+        print(f"{name:22s} " + " ".join(f"{v:7.3f}" for v in values), flush=True)
+
+
+if __name__ == "__main__":
+    main()
