@@ -34,6 +34,9 @@ from flax import nnx
 
 from adadsr_jax.models import AdaDSR, ModelConfig, get_model_config
 
+# Which checkpoint of a workdir to read: the best by validation PSNR, the latest, or a saved step number.
+Which = Literal["best", "latest"] | int
+
 FORMAT = "adadsr-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -285,7 +288,7 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / DESCRIPTOR_FILE).is_file()
 
 
-def load_model(path: str | os.PathLike, *, which: Literal["best", "latest"] = "best") -> AdaDSR:
+def load_model(path: str | os.PathLike, *, which: Which = "best") -> AdaDSR:
     """The model in `path`: a `save_model` directory (or its model.json / model.safetensors), a training
     workdir, or a `save_inference_checkpoint` directory (Orbax; `which` picks the best or latest step).
 
@@ -426,8 +429,15 @@ def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> A
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def select_step(manager: ocp.CheckpointManager, which: Literal["best", "latest"]) -> int | None:
-    """The best step (highest val_psnr; the latest one when none was saved with metrics) or the latest."""
+def select_step(manager: ocp.CheckpointManager, which: Which) -> int | None:
+    """The best step (highest val_psnr; the latest one when none was saved with metrics), the latest, or
+    the step `which` itself when it is a number (FileNotFoundError when it was not kept)."""
+    if isinstance(which, int) and not isinstance(which, bool):
+        if which not in manager.all_steps():
+            raise FileNotFoundError(
+                f"{manager.directory}: no checkpoint of step {which}; saved steps: {manager.all_steps()}"
+            )
+        return which
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     latest = manager.latest_step()
@@ -441,7 +451,7 @@ def load_params(
     path: str | os.PathLike,
     abstract_params: Any,
     *,
-    which: Literal["best", "latest"] = "best",
+    which: Which = "best",
 ) -> tuple[Any, int]:
     """Parameters (a pure dict shaped like `abstract_params`) and their step from a workdir/checkpoint."""
     path = Path(path)
@@ -508,9 +518,7 @@ def save_inference_checkpoint(
         manager.save(int(step), args=ocp.args.Composite(**items))
 
 
-def load_orbax_model(
-    path: str | os.PathLike, *, which: Literal["best", "latest"] = "best"
-) -> tuple[AdaDSR, dict[str, Any]]:
+def load_orbax_model(path: str | os.PathLike, *, which: Which = "best") -> tuple[AdaDSR, dict[str, Any]]:
     """The model saved in a training workdir or a `save_inference_checkpoint` directory, and its config.
 
     which="best" takes the step with the highest validation PSNR (the latest when none was recorded).

@@ -45,9 +45,7 @@ def read_sweeps(path: str) -> list[ImageSweep]:
             key = (row["dataset"], row["name"])
             if row["setting"] == "bicubic":
                 bicubic[key] = float(row["psnr_y"])
-            elif (
-                row["desired_depth"] and row["setting"] == f"d{float(row['desired_depth']):g}"
-            ):  # not a budget
+            elif row["setting"].startswith("d"):  # "d2", "d4", ...; budgets are "budget-..."
                 d = float(row["desired_depth"])
                 for column in ("psnr_y", "block_fraction", "depth_map_mean"):
                     columns[key][column][d] = float(row[column])
@@ -71,19 +69,19 @@ def targets(sweep: ImageSweep) -> dict[str, bool | float]:
                 f"error: {sweep.name}: the sweep has no d = {d:g} (D = {full:g}); add it to --depths"
             )
     p = sweep.psnr
-    gap = p[full] - p[half]
-    map_ratio = max(sweep.map_mean[d] / d for d in depths if d > 0)
-    return {
+    numbers = {
         "gain_quarter": p[quarter] - sweep.bicubic,
         "gain_full": p[full] - sweep.bicubic,
-        "gap": gap,
+        "gap": p[full] - p[half],
         "macs_quarter": sweep.block_fraction[quarter],
-        "map_ratio": map_ratio,
-        "gain": p[quarter] - sweep.bicubic >= 0.8 and p[full] - sweep.bicubic >= 1.0,
+        "map_ratio": max(sweep.map_mean[d] / d for d in depths if d > 0),
+    }
+    return numbers | {
+        "gain": numbers["gain_quarter"] >= 0.8 and numbers["gain_full"] >= 1.0,
         "rises": all(p[b] >= p[a] for a, b in itertools.pairwise(depths)),
-        "d/2 gap": gap <= 0.05,
-        "macs": sweep.block_fraction[quarter] <= 0.35,
-        "map": map_ratio <= 1.1,
+        "d/2 gap": numbers["gap"] <= 0.05,
+        "macs": numbers["macs_quarter"] <= 0.35,
+        "map": numbers["map_ratio"] <= 1.1,
     }
 
 

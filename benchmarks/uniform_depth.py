@@ -18,28 +18,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
 
 import adadsr_jax
-from adadsr_jax.checkpoint import abstract_model, abstract_tree, config_model, open_checkpoints, read_config
 from adadsr_jax.data.bicubic import make_lr
 from adadsr_jax.data.images import load_image
 from adadsr_jax.data.sources import DEMO_VALID_PHOTOS, photo_path
 from adadsr_jax.metrics import psnr
 from adadsr_jax.models import AdaDSR
-from adadsr_jax.models.layers import DIV2K_RGB_MEAN, upsample_and_tail
-
-
-def load_step(workdir: str, step: int) -> AdaDSR:
-    """The model saved at `step` of a training workdir."""
-    model = abstract_model(*config_model(read_config(workdir)))
-    graphdef, state = nnx.split(model, nnx.Param)
-    manager = open_checkpoints(workdir)
-    restore = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_tree(nnx.to_pure_dict(state))))
-    params = manager.restore(step, args=restore)["params"]
-    manager.close()
-    return nnx.merge(graphdef, params)
 
 
 def uniform_depth_forward(model: AdaDSR):
@@ -47,11 +32,8 @@ def uniform_depth_forward(model: AdaDSR):
 
     @jax.jit
     def forward(lr: jax.Array, k: jax.Array) -> jax.Array:
-        mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
-        z0 = model.head(lr - mean)
-        depth_map = jnp.full((*lr.shape[:3], 1), k, jnp.float32)
-        z = z0 + model.body_lastconv(model.body(z0, depth_map))
-        return upsample_and_tail(model.up, model.tail, z) + mean
+        depth_map = jnp.full((*lr.shape[:3], model.config.num_maps), k, jnp.float32)
+        return model(lr, depth_map=depth_map)[0]
 
     return forward
 
@@ -62,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--photos", help="a folder of HR photos (PNG) to add to the held-out demo photo")
     p.add_argument("--step", type=int, help="a saved step of a training workdir (default: the best)")
     args = p.parse_args(argv)
-    model = adadsr_jax.load_model(args.model) if args.step is None else load_step(args.model, args.step)
+    try:
+        model = adadsr_jax.load_model(args.model, which="best" if args.step is None else args.step)
+    except (FileNotFoundError, ValueError) as e:  # their messages name the path and the problem
+        raise SystemExit(f"error: {e}") from None
     if model.config.backbone != "edsr":
         raise SystemExit("error: one depth map for the whole body is an EDSR-backbone diagnostic")
     images = {Path(spec.split(":")[-1]).stem: photo_path(spec) for spec in DEMO_VALID_PHOTOS}

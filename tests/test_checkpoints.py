@@ -74,6 +74,11 @@ def test_best_and_latest_in_a_training_workdir(tmp_path):
     latest, _ = checkpoint.load_orbax_model(tmp_path, which="latest")
     _assert_same_params(best, models[1])
     _assert_same_params(latest, models[3])
+    # A saved step by number (through load_model, as benchmarks/uniform_depth.py --step does).
+    _assert_same_params(checkpoint.load_model(tmp_path, which=40), models[3])
+    _assert_same_params(checkpoint.load_model(tmp_path, which=20), models[1])
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 10; saved steps: \[20, 40\]"):
+        checkpoint.load_model(tmp_path, which=10)
 
 
 def test_missing_paths_raise_file_not_found(tmp_path, saved):

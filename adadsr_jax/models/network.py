@@ -74,12 +74,15 @@ class AdaDSR(nnx.Module):
         sparse: bool = False,
         sparse_backend: str = "auto",
         use_adapter: bool = True,
+        depth_map: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Super-resolve a batch.
 
         lr: [N, h, w, 3] float, 0..255. desired_depth: scalar or [N] (ignored by plain backbones).
         use_adapter=False runs the backbone alone, every mask one (the adapter is not called, so it gets
         no gradient): the training warm-up of a model trained from scratch.
+        depth_map: [N, h, w, G], run with these maps instead of the adapter's (which is then not called;
+        desired_depth is ignored), e.g. one constant depth k everywhere (benchmarks/uniform_depth.py).
         sparse: inference only; compute each residual block only at the pixels its mask needs
         (adadsr_jax.kernels; docs/adaptive_inference.md): same outputs as the dense call up to float
         rounding, less work when the depth map is below the maximum depth. sparse_backend: "auto"
@@ -96,7 +99,8 @@ class AdaDSR(nnx.Module):
             raise ValueError(f"lr must be [N, h, w, 3], got shape {lr.shape}")
         mean = jnp.asarray(DIV2K_RGB_MEAN, lr.dtype)
         z0 = self._head(lr)
-        depth_map = self.depth_map(z0, desired_depth) if use_adapter else None
+        if depth_map is None and use_adapter:
+            depth_map = self.depth_map(z0, desired_depth)
         body = self.body(z0, depth_map, sparse_backend=sparse_backend if sparse else None)
         z = z0 + self.body_lastconv(body)
         sr = upsample_and_tail(self.up, self.tail, z) + mean
