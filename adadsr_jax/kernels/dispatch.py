@@ -94,13 +94,13 @@ class TiledStackPlan:
     stack_dense: float | None = None
 
 
-# Whole EDSR stacks on the CPU at <= 64 features run the tiled path: 4 x 4 tiles, chunks of 64 (C <= 32)
+# Whole EDSR stacks on the CPU at <= 64 features run the tiled path: 4 x 4 tiles, chunks of 32 (C <= 32)
 # or 16 (C <= 64) tiles per conv, a dense block wherever its tiles cover more than half the map, and the
 # dense stack above 0.55 executed (the stack then costs about the dense stack's time: 1.06-1.11x at C=32
 # and 0.94x at C=64 at 0.54 on photo-shaped depth maps, 1.1-1.2x at 0.64). Measured with
 # benchmarks/sparse_stack.py (benchmarks/RESULTS.md). Wider stacks keep the pixel-list path, whose
 # im2col matmul nears the dense rate there.
-TILED_STACKS = {32: TiledStackPlan(64, 0.5, 0.55), 64: TiledStackPlan(16, 0.5, 0.55)}
+TILED_STACKS = {32: TiledStackPlan(32, 0.5, 0.55), 64: TiledStackPlan(16, 0.5, 0.55)}
 
 
 def tiled_stack_plan(channels: int, platform: str | None = None) -> TiledStackPlan | None:

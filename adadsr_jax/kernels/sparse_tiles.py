@@ -21,7 +21,8 @@ on each tile's ring) and one gather of every tile per block were measured and lo
 A block whose tiles cover most of the map (the first blocks at small d: block 0 runs wherever d > 0)
 runs XLA's dense convolutions on the whole map instead (`dense_block_fraction`, a run-time choice):
 per pixel a tile loop costs about twice the dense conv, so covering half the map's tiles already costs
-as much.
+as much. Tile counts fall with the block index, so these blocks are a prefix of the stack; they run
+first, on the plain map, and the tile loops' bordered buffers are built after them.
 
 Tiles are sorted once per stack by their executed level (the max over the tile of ceil(clip(d, 0, D)),
 or of its 3x3 dilation for the hidden loop), highest first, so block l's tiles are a prefix of length
@@ -58,9 +59,11 @@ from adadsr_jax.kernels.contract import conv3x3_f32, run_if
 from adadsr_jax.masks import executed_levels
 
 # Measured fastest at C = 32 (benchmarks/sparse_stack.py; module docstring): small tiles waste least of
-# a photo's scattered active set, and 64 of them per chunk keep the per-chunk gather/scatter cost low.
+# a photo's scattered active set. 32 of them per chunk: on a 2-core Xeon (AVX-512) XLA's conv on a chunk
+# of 4 x 4 tiles ran at ~135 ns per output pixel up to 512 pixels and ~200 from 1024 (64 tiles); on a
+# 2-core EPYC 32 to 256 measured alike.
 DEFAULT_TILE = 4
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +193,29 @@ def _residual(x_tile: jax.Array, depth: jax.Array, index: jax.Array, res: jax.Ar
     return (x_tile.astype(jnp.float32) + res_scale * m * res).astype(x_tile.dtype)
 
 
+def dense_prefix(
+    x: jax.Array,
+    depth: jax.Array,
+    params: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    dense: jax.Array,
+    res_scale: float,
+) -> jax.Array:
+    """The blocks flagged in `dense` (bool [D], a prefix) run with XLA's dense SAME convolutions on the
+    whole map x [N, h, w, C]; the others are left to the tile loops. depth: [N, h, w, 1] float32."""
+
+    def block(x, p):
+        k0, b0, k1, b1, index, run = p
+
+        def dense_block(x):
+            res = conv3x3_f32(jax.nn.relu(conv3x3_f32(x, k0, b0, "SAME")), k1, b1, "SAME")
+            return _residual(x, depth, index, res, res_scale)
+
+        return run_if(run, dense_block, x), None
+
+    indices = jnp.arange(dense.shape[0], dtype=jnp.int32)
+    return jax.lax.scan(block, x, (*params, indices, dense))[0]
+
+
 def tiled_edsr_stack(
     x: jax.Array,
     depth_map: jax.Array,
@@ -219,8 +245,15 @@ def tiled_edsr_stack(
     depth = depth_map.astype(jnp.float32)
     depth_tiles = grid.per_tile(grid.pad(depth))  # [count, T, T, 1]
     indices = jnp.arange(num_blocks, dtype=jnp.int32)
-
     order_dil, counts_dil = nested_tiles(tile_levels(dilated[..., 0], grid), num_blocks)
+    if dense_block_fraction is not None:
+        # Counts fall with l (nested masks), so the dense blocks are a prefix of the stack: they run first,
+        # on the unpadded map, before the tile loops' bordered buffers exist (inside them each dense block
+        # also cost a crop and a write-back of the whole map; benchmarks/RESULTS.md, 2026-12-08).
+        dense = counts_dil + counts_act > dense_block_fraction * 2 * grid.count
+        dense = jnp.cumprod(dense.astype(jnp.int32)).astype(bool)
+        x = dense_prefix(x, depth, params, dense, res_scale)
+        counts_dil, counts_act = (jnp.where(dense, 0, c) for c in (counts_dil, counts_act))
     # x and the hidden map carry a 1-pixel zero border (one 3x3 conv's halo). Hidden values outside the
     # image are always written as 0, and its other stale values are never read at an active pixel.
     xb = grid.pad(x, border=1)
@@ -244,22 +277,8 @@ def tiled_edsr_stack(
             new = _residual(x_tile, depth_tiles[ids], index, res, res_scale)
             return scatter_windows(xb, new, image, y0 + 1, x0 + 1), hb
 
-        def dense_block(buffers):
-            xb, hb = buffers
-            x = xb[:, 1 : 1 + h, 1 : 1 + w]
-            # SAME on the unpadded map: on the CPU, XLA's VALID convolution of the zero-bordered map took
-            # 4.5x the SAME one's time at 150 x 225 x 32 (40 against 9 ms).
-            res = conv3x3_f32(jax.nn.relu(conv3x3_f32(x, k0, b0, "SAME")), k1, b1, "SAME")
-            new = _residual(x, depth, index, res, res_scale)
-            return jax.lax.dynamic_update_slice(xb, new, (0, 1, 1, 0)), hb
-
-        count_dil, count_act = counts_dil[index], counts_act[index]
-        if dense_block_fraction is not None:
-            dense = count_dil + count_act > dense_block_fraction * 2 * grid.count
-            carry = run_if(dense, dense_block, carry)
-            count_dil, count_act = (jnp.where(dense, 0, c) for c in (count_dil, count_act))
-        carry = for_chunks(order_dil, count_dil, chunk, first, carry)
-        return for_chunks(order_act, count_act, chunk, second, carry), None
+        carry = for_chunks(order_dil, counts_dil[index], chunk, first, carry)
+        return for_chunks(order_act, counts_act[index], chunk, second, carry), None
 
     (xb, _), _ = jax.lax.scan(split_block, (xb, hb), (k0, b0, k1, b1, indices))
     return xb[:, 1 : 1 + h, 1 : 1 + w]
