@@ -1,4 +1,4 @@
-"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); 6-10 minutes
+"""Demo preset: adaedsr_small x2 on the built-in demo photos (no data to download); 4-10 minutes
 on 2 CPU cores, install included, ending with the held-out photo's PSNR-Y against bicubic.
 
 Run:
