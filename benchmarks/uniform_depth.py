@@ -2,10 +2,10 @@
 
 Not part of the test suite. A diagnostic of the backbone alone, the adapter left out: how much each
 extra block adds on each image. With k = D every mask is one (the forward of `use_adapter=False`).
-Images: the held-out demo photo and the HR photos of a folder, LR made by MATLAB-style bicubic.
+Images: the test sets evaluate.py would find (`--datasets`, `--data-root`), with the same LR and PSNR-Y.
 
   python benchmarks/unseen_photos.py /tmp/photos/photos
-  python benchmarks/uniform_depth.py runs/demo --photos /tmp/photos/photos [--step 400]
+  python benchmarks/uniform_depth.py runs/demo --datasets demo,photos --data-root /tmp/photos [--step 400]
 
 --step reads that saved step of a training workdir (default: the best, as evaluate.py).
 """
@@ -13,16 +13,13 @@ Images: the held-out demo photo and the HR photos of a folder, LR made by MATLAB
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import adadsr_jax
-from adadsr_jax.data.bicubic import make_lr
-from adadsr_jax.data.images import load_image
-from adadsr_jax.data.sources import DEMO_VALID_PHOTOS, photo_path
+from adadsr_jax.evaluation.datasets import find_dataset
 from adadsr_jax.metrics import psnr
 from adadsr_jax.models import AdaDSR
 
@@ -41,7 +38,8 @@ def uniform_depth_forward(model: AdaDSR):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a training workdir or checkpoint folder (an EDSR-backbone model)")
-    p.add_argument("--photos", help="a folder of HR photos (PNG) to add to the held-out demo photo")
+    p.add_argument("--datasets", default="demo", help="comma-separated test sets, as evaluate.py's")
+    p.add_argument("--data-root", help="where the sets other than 'demo' are, as evaluate.py's")
     p.add_argument("--step", type=int, help="a saved step of a training workdir (default: the best)")
     args = p.parse_args(argv)
     try:
@@ -50,18 +48,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     if model.config.backbone != "edsr":
         raise SystemExit("error: one depth map for the whole body is an EDSR-backbone diagnostic")
-    images = {Path(spec.split(":")[-1]).stem: photo_path(spec) for spec in DEMO_VALID_PHOTOS}
-    if args.photos:
-        images |= {f.stem: f for f in sorted(Path(args.photos).glob("*.png"))}
+    try:
+        sets = [find_dataset(name, args.data_root, scale=model.scale) for name in args.datasets.split(",")]
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     forward = uniform_depth_forward(model)
     depths = range(1, model.config.max_depth + 1)
     print(f"{args.model} (step {args.step or 'best'}): PSNR-Y (dB) with the depth map k everywhere")
     print(f"{'image':22s} " + " ".join(f"{f'k={k}':>7s}" for k in depths))
-    for name, path in images.items():
-        lr, hr = make_lr(load_image(path), model.scale)
-        lr = jnp.asarray(lr, jnp.float32)[None]
-        values = [psnr(np.asarray(forward(lr, float(k))[0]), hr, scale=model.scale) for k in depths]
-        print(f"{name:22s} " + " ".join(f"{v:7.3f}" for v in values), flush=True)
+    for pair in (pair for test_set in sets for pair in test_set):
+        lr = jnp.asarray(pair.lr, jnp.float32)[None]
+        values = [psnr(np.asarray(forward(lr, float(k))[0]), pair.hr, scale=model.scale) for k in depths]
+        print(f"{pair.name:22s} " + " ".join(f"{v:7.3f}" for v in values), flush=True)
 
 
 if __name__ == "__main__":

@@ -255,7 +255,6 @@ def tiled_edsr_stack(
         # on the unpadded map, before the tile loops' bordered buffers exist (inside them each dense block
         # also cost a crop and a write-back of the whole map; benchmarks/RESULTS.md, 2026-12-08).
         dense = counts_dil + counts_act > dense_block_fraction * 2 * grid.count
-        dense = jnp.cumprod(dense.astype(jnp.int32)).astype(bool)
         x = dense_prefix(x, depth, params, dense, res_scale)
         counts_dil, counts_act = (jnp.where(dense, 0, c) for c in (counts_dil, counts_act))
     # x and the hidden map carry a 1-pixel zero border (one 3x3 conv's halo). Hidden values outside the
