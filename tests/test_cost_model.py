@@ -127,9 +127,9 @@ def _reference(depth_map: np.ndarray, config, sparse: bool = True) -> np.ndarray
     tiled = tiled_stack_plan(c) if config.backbone == "edsr" else None
     if tiled is not None:
         thr = tiled.stack_dense
-    # The JAX path: tiles of 256 rows above 128 features, else 512 (at most the list, at least 8, a
-    # multiple of the tail), then the last partial tile in tails of 32 rows above 128 features, else whole.
-    tile = min(256 if c > 128 else 512, max(8, p))
+    # The JAX path: tiles of 512 rows (at most the list, at least 8, a multiple of the tail), then the
+    # rest rounded up to tails of 32 rows above 128 features, else to a whole tile.
+    tile = min(512, max(8, p))
     tail = min(32, tile) if c > 128 else tile
     tile = -(-tile // tail) * tail
     f = {"sparse": 0, "rows": 0, "dense_conv": 0, "dense": 0, "blocks": 0}

@@ -98,7 +98,8 @@ def jax_path():
     """The JAX path, jitted once per (epilogue, tile, tail): tile 8 splits lists into many whole tiles;
     tile 64 with tails of 32 (at 256 features the default tail is 32; at this test's 16 -> 32 channels
     the last tile is whole) runs the "full" list (126 entries) as a whole tile, then tails of 32 and
-    30, and the lists of fewer than 64 entries in tails alone."""
+    30, and the lists of fewer than 64 entries in tails alone; tails of 8 walk the rest of a list in
+    halving tiles of 32, 16 and 8 rows (the "full" list: 64, then 32, then 16 twice)."""
 
     def f(src, dst, rows, count, coef, *, epilogue, tile, tail=None):
         return sparse_conv3x3_jax(operands(src, dst, rows, count, coef, epilogue), tile=tile, tail=tail)
@@ -108,7 +109,7 @@ def jax_path():
 
 @pytest.mark.parametrize("epilogue", ["relu", "residual", "masked"])
 @pytest.mark.parametrize("mask_name", list(MASKS))
-@pytest.mark.parametrize("tile, tail", [(8, None), (64, 32)])
+@pytest.mark.parametrize("tile, tail", [(8, None), (64, 32), (64, 8)])
 def test_jax_path_matches_dense_conv_times_mask(jax_path, epilogue, mask_name, tile, tail):
     mask = MASKS[mask_name]
     src, dst, rows, count, coef = flat_inputs(mask)
@@ -120,21 +121,25 @@ def test_jax_path_matches_dense_conv_times_mask(jax_path, epilogue, mask_name, t
 
 
 @pytest.mark.parametrize("channels", [(16, 32), (64, 64), (128, 128), (256, 256)])
-def test_tile_sizes_and_computed_rows_follow_the_two_loops(channels):
-    """computed_rows (what the cost model counts) equals the rows the two loops of sparse_conv3x3_jax
-    compute, walked here trip by trip; at 256 features tiles of 256 and tails of 32 rows, at <= 128
-    tiles of 512 and the last one whole."""
+def test_tile_sizes_and_computed_rows_follow_the_loops(channels):
+    """computed_rows (what the cost model counts) equals the rows the loops of sparse_conv3x3_jax
+    compute, walked here trip by trip: whole tiles, then halving tiles, each as long as it fits in the
+    rest rounded up to whole tails. At 256 features tiles of 512 and tails of 32 rows (the rest in at
+    most four matmuls), at <= 128 tiles of 512 and the last one whole."""
     from adadsr_jax.kernels.sparse_conv_jax import computed_rows, tile_sizes
 
     cin, cout = channels
     tile, tail = tile_sizes(None, 10_000, cin, cout)
-    assert (tile, tail) == ((256, 32) if cin == 256 else (512, 512))
-    for count in [0, 1, 31, 32, 33, 511, 512, 513, 1000, 1024, 1500, 9999]:
-        rows, done = 0, 0
-        for _ in range(count // tile):
-            rows, done = rows + tile, done + tile
-        while done < count:
-            rows, done = rows + tail, done + tail
+    assert (tile, tail) == ((512, 32) if cin == 256 else (512, 512))
+    for count in [0, 1, 31, 32, 33, 97, 255, 480, 481, 511, 512, 513, 1000, 1024, 1500, 9999]:
+        rows, calls = count // tile * tile, 0
+        need = -(-(count - rows) // tail) * tail
+        size = tile
+        while need:
+            size = max(size // 2, tail)
+            while need >= size:
+                rows, need, calls = rows + size, need - size, calls + 1
+        assert rows >= count and calls <= (4 if tail == 32 else 1), count
         assert computed_rows(np.array([count]), tile, tail)[0] == rows, count
 
 
