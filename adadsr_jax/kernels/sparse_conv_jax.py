@@ -24,7 +24,7 @@ from adadsr_jax.kernels.layout import PaddedLayout
 # deep blocks of a stack hold few rows) and the taps are gathered as 3-row slices: together the whole
 # paper-size forward 15-20% faster. A rest of up to 8 tails ran as up to 8 matmuls of 32 rows, at ~60%
 # of the rate of a 256-row one; halving tiles (256, 128, 64, 32 after tiles of 512) take it in at most
-# four, and the paper-size forward at 30% / 50% executed MACs took 3-8% / 0-4% less. At 64 features the
+# four, and the paper-size forward at 30% / 50% executed MACs took 3-8% / 0.5-6% less. At 64 features the
 # 3-row gathers were ~30% slower and smaller matmuls keep two cores less busy, so up to WIDE features
 # the path is as it was: tiles of 512 rows, the last one whole, nine single-row gathers (128 features
 # is unmeasured).
@@ -34,7 +34,8 @@ WIDE = 128
 def tile_sizes(
     tile: int | None, capacity: int, cin: int, cout: int, tail: int | None = None
 ) -> tuple[int, int]:
-    """(tile, tail) rows of the two loops for a list of `capacity` entries of a Cin -> Cout conv.
+    """(tile, tail) rows for a list of `capacity` entries of a Cin -> Cout conv: whole tiles, then the
+    rest rounded up to whole tails.
 
     tile (None: 512) is capped at the capacity (at least 8 rows); tail (None: 32 above WIDE input
     channels, else the whole tile) at the tile; the tile is a multiple of the tail."""
@@ -116,15 +117,15 @@ def sparse_conv3x3_jax(conv: SparseConv, *, tile: int | None = None, tail: int |
     full = count // tile
     dst = jax.lax.fori_loop(0, full, tiles_of(tile, jnp.int32(0)), conv.dst)
     start = full * tile
-    units = (count - start + tail - 1) // tail  # tails the rest needs: at most tile / tail
-    for size in _tail_sizes(tile, tail):
-        trips = units // (size // tail)
+    rest = (count - start + tail - 1) // tail * tail  # rounded up to whole tails: at most one tile
+    for size in _halving_sizes(tile, tail):
+        trips = rest // size
         dst = jax.lax.fori_loop(0, trips, tiles_of(size, start), dst)
-        start, units = start + trips * size, units - trips * (size // tail)
+        start, rest = start + trips * size, rest - trips * size
     return dst
 
 
-def _tail_sizes(tile: int, tail: int) -> list[int]:
+def _halving_sizes(tile: int, tail: int) -> list[int]:
     """Row counts of the loops over the rest of a list after its whole tiles: tile / 2, tile / 4, ... down
     to tail (just [tail] when tail >= tile / 2)."""
     sizes = [tail]
